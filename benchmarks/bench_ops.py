@@ -1,0 +1,441 @@
+"""Per-operation cost of Metis ``get``/``set``, against a floor and a dict.
+
+What it measures
+    Nanoseconds per call of ``Cache.get`` and ``Cache.set`` from Python, for
+    four workloads: ``get-hit`` (every key present), ``get-miss`` (no key
+    present), ``set`` (overwrite present keys) and ``mix`` (90 % get / 10 %
+    set). Keys are drawn from a Zipf(0.99) distribution over ``--keys`` keys
+    (a precomputed sequence, the same for every contender); values are
+    ``bytes`` of 100 B and 4 KiB. Each workload runs in 1 and in 2 processes
+    that share the cache; for 2 processes the aggregate throughput is the
+    total number of calls divided by the wall time of the round.
+
+Against what
+    * the floor: a Python-level function that copies the same number of bytes
+      out of (``get``) or into (``set``) a shared ``mmap``, e.g.
+      ``def floor_get(m, off, n): return m[off:off + n]``, called in the same
+      loop shape. No hashing, no index, no locking, no decoding: what any
+      Python call that returns a fresh ``bytes`` of that size costs at least.
+      For ``get-miss`` it copies 0 bytes.
+    * a plain ``dict`` (``d.get`` / ``d.__setitem__``), private to each
+      process: what a per-process cache costs when it hits (it returns a
+      reference; nothing is copied).
+
+Method
+    Inputs are built once in the parent, then each measurement forks fresh
+    worker processes (which attach to the cache by name). Each worker runs the
+    ``--ops``-long sequence once to warm up, then ``--rounds`` rounds, each
+    repeating the sequence enough times to last about ``--round-ms``; the
+    processes start each round together at a barrier, and the garbage
+    collector is off during rounds. A row reports the median over rounds (of the mean over
+    processes) in ns/op. ``ops/s`` is 1e9 / ns for 1 process and the measured
+    aggregate for 2. "Read scaling" is the 2-process ``get-hit`` throughput
+    divided by the 1-process one: 2.0 would be perfect scaling on 2 free CPUs.
+
+Not a pass/fail test: numbers depend on the machine. ``--quick`` finishes in
+about 10 s; the JSON (``--json``) holds every row and the machine it ran on.
+
+    python benchmarks/bench_ops.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gc
+import itertools
+import json
+import mmap
+import multiprocessing as mp
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from metis_shm import Cache
+
+WORKLOADS = ("get-hit", "get-miss", "set", "mix")
+SIZES = (100, 4096)
+PROCS = (1, 2)
+IMPLS = ("metis", "floor", "dict")
+ZIPF_S = 0.99
+SET_FRACTION = 0.10
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_ops.json"
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def floor_get(m: mmap.mmap, off: int, n: int) -> bytes:
+    """Copy ``n`` bytes out of the mmap: the least a ``get`` can cost."""
+    return m[off:off + n]
+
+
+def floor_set(m: mmap.mmap, off: int, n: int, v: bytes) -> None:
+    """Copy ``n`` bytes into the mmap: the least a ``set`` can cost."""
+    m[off:off + n] = v
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def zipf_indices(n_keys: int, count: int, s: float, rng: random.Random) -> list[int]:
+    """``count`` key ranks in ``[0, n_keys)`` drawn from Zipf(``s``) (CDF + bisect)."""
+    cdf = list(itertools.accumulate(1.0 / (i + 1) ** s for i in range(n_keys)))
+    total = cdf[-1]
+    last = n_keys - 1
+    return [min(bisect.bisect_left(cdf, rng.random() * total), last) for _ in range(count)]
+
+
+class Inputs:
+    """Everything the timed loops read; built in the parent, inherited through fork."""
+
+    def __init__(self, n_keys: int, n_ops: int, seed: int) -> None:
+        rng = random.Random(seed)
+        self.n_keys = n_keys
+        self.n_ops = n_ops
+        self.keys = [f"key:{i:08d}" for i in range(n_keys)]
+        self.miss_keys = [f"absent:{i:08d}" for i in range(n_keys)]
+        idx = zipf_indices(n_keys, n_ops, ZIPF_S, rng)
+        self.idx = idx
+        self.hit_seq = [self.keys[i] for i in idx]
+        self.miss_seq = [self.miss_keys[i] for i in idx]
+        self.is_set = [rng.random() < SET_FRACTION for _ in range(n_ops)]
+        self.mix_seq = list(zip(self.is_set, self.hit_seq))
+        self.distinct = len(set(idx))
+        # set per size by prepare():
+        self.size = 0
+        self.value = b""
+        self.offs: list[int] = []
+        self.mix_offs: list[tuple[bool, int]] = []
+        self.mm: mmap.mmap | None = None
+        self.dict: dict[str, bytes] = {}
+
+    def prepare(self, size: int, cache: Cache) -> int:
+        """Fill the cache, the dict and the floor's mmap with values of ``size`` bytes.
+
+        Returns how many keys were missing from the cache right after filling it
+        (should be 0: otherwise ``get-hit`` is not all hits).
+        """
+        self.size = size
+        self.value = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+        self.offs = [i * size for i in self.idx]
+        self.mix_offs = list(zip(self.is_set, self.offs))
+        if self.mm is not None:
+            self.mm.close()
+        self.mm = mmap.mmap(-1, self.n_keys * size)  # MAP_SHARED: both processes see it
+        for i in range(self.n_keys):
+            self.mm[i * size:(i + 1) * size] = self.value
+        self.dict = dict.fromkeys(self.keys, self.value)
+        cache.clear()
+        for k in self.keys:
+            cache.set(k, self.value)
+        return sum(1 for k in self.keys if cache.get(k) is None)
+
+
+INPUTS: Inputs | None = None  # set in the parent before forking
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def make_round(impl: str, workload: str, cache: Cache | None):
+    """Return a function that runs one round of ``workload`` on ``impl``."""
+    inp = INPUTS
+    assert inp is not None
+    v = inp.value
+    n = inp.size
+    m = inp.mm
+    fget, fset = floor_get, floor_set
+
+    if impl == "floor":
+        offs, mix = inp.offs, inp.mix_offs
+
+        if workload in ("get-hit", "get-miss"):
+            n_copy = n if workload == "get-hit" else 0
+
+            def run() -> None:
+                for off in offs:
+                    fget(m, off, n_copy)
+        elif workload == "set":
+
+            def run() -> None:
+                for off in offs:
+                    fset(m, off, n, v)
+        else:
+
+            def run() -> None:
+                for is_set, off in mix:
+                    if is_set:
+                        fset(m, off, n, v)
+                    else:
+                        fget(m, off, n)
+        return run
+
+    if impl == "metis":
+        assert cache is not None
+        get, set_ = cache.get, cache.set
+    else:
+        d = inp.dict
+        get, set_ = d.get, d.__setitem__
+    keys = inp.miss_seq if workload == "get-miss" else inp.hit_seq
+    mix = inp.mix_seq
+
+    if workload in ("get-hit", "get-miss"):
+
+        def run() -> None:
+            for k in keys:
+                get(k)
+    elif workload == "set":
+
+        def run() -> None:
+            for k in keys:
+                set_(k, v)
+    else:
+
+        def run() -> None:
+            for is_set, k in mix:
+                if is_set:
+                    set_(k, v)
+                else:
+                    get(k)
+    return run
+
+
+def _worker(impl: str, workload: str, cache_name: str, rounds: int, round_ns: int,
+            barrier, conn) -> None:
+    """Child process: warm up, then time ``rounds`` rounds; send [(start, end, ops)].
+
+    A round repeats the key sequence enough times to last about ``round_ns``,
+    so that fast contenders (dict) are not timed over a fraction of a millisecond.
+    """
+    try:
+        cache = Cache(cache_name, create=False) if impl == "metis" else None
+        run = make_round(impl, workload, cache)
+        assert INPUTS is not None
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter_ns()
+        run()  # warm-up (also touches copy-on-write pages of inherited inputs)
+        repeat = max(1, round(round_ns / max(1, time.perf_counter_ns() - t0)))
+        spans = []
+        for _ in range(rounds):
+            barrier.wait(timeout=120)
+            t0 = time.perf_counter_ns()
+            for _ in range(repeat):
+                run()
+            spans.append((t0, time.perf_counter_ns(), repeat * INPUTS.n_ops))
+        gc.enable()
+        if cache is not None:
+            cache.close()
+        conn.send(("ok", spans))
+    except BaseException:  # tell the parent what went wrong, then fail as usual
+        conn.send(("error", traceback.format_exc()))
+        raise
+    finally:
+        conn.close()
+
+
+def measure(impl: str, workload: str, procs: int, cache_name: str, rounds: int,
+            round_ns: int) -> dict:
+    """Fork ``procs`` workers running the same loop; return ns/op and ops/s."""
+    assert INPUTS is not None
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(procs)
+    children = []
+    for _ in range(procs):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(impl, workload, cache_name, rounds, round_ns,
+                                                     barrier, send))
+        p.start()
+        send.close()
+        children.append((p, recv))
+    all_spans = []
+    try:
+        for p, recv in children:
+            if not recv.poll(600):
+                raise RuntimeError(f"{impl}/{workload}: worker {p.pid} did not answer")
+            status, payload = recv.recv()
+            if status != "ok":
+                raise RuntimeError(f"{impl}/{workload} worker failed:\n{payload}")
+            all_spans.append(payload)
+    finally:
+        for p, _ in children:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    ns_rounds, tput_rounds = [], []
+    for r in range(rounds):
+        spans = [s[r] for s in all_spans]
+        ns_rounds.append(statistics.fmean((end - start) / ops for start, end, ops in spans))
+        wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+        tput_rounds.append(sum(ops for _, _, ops in spans) * 1e9 / wall)
+    ns = statistics.median(ns_rounds)
+    ops_s = 1e9 / ns if procs == 1 else statistics.median(tput_rounds)
+    return {"ns_per_op": ns, "ops_per_s": ops_s, "rounds_ns_per_op": ns_rounds}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    """Where the numbers came from."""
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model")):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        import metis_shm
+
+        version = getattr(metis_shm, "__version__", None)
+    except ImportError:  # pragma: no cover - imported above already
+        version = None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "metis_shm_version": version,
+    }
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("workload", "size", "procs", "metis ns/op", "floor ns/op", "dict ns/op",
+              "metis/floor", "metis/dict", "ops/s")
+    lines = [
+        (r["workload"], fmt_size(r["size"]), str(r["procs"]), f"{r['metis_ns']:.0f}",
+         f"{r['floor_ns']:.0f}", f"{r['dict_ns']:.0f}", f"{r['metis_floor_ratio']:.2f}x",
+         f"{r['metis_dict_ratio']:.2f}x", f"{r['ops_per_s']:,.0f}")
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for x in lines:
+        print("  ".join(c.rjust(w) for c, w in zip(x, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    global INPUTS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run, about 10 s")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
+                        help=f"where to write the results (default {DEFAULT_JSON})")
+    parser.add_argument("--ops", type=int, help="calls per round per process")
+    parser.add_argument("--rounds", type=int, help="timed rounds per measurement")
+    parser.add_argument("--keys", type=int, help="distinct keys")
+    parser.add_argument("--round-ms", type=float,
+                        help="minimum duration of a round: the sequence is repeated to fill it")
+    parser.add_argument("--capacity", default="256MiB", help="cache capacity (default 256MiB)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    args = parser.parse_args(argv)
+    n_ops = args.ops or (20_000 if args.quick else 200_000)
+    rounds = args.rounds or (3 if args.quick else 7)
+    n_keys = args.keys or (2_000 if args.quick else 10_000)
+    round_ns = int((args.round_ms or (20 if args.quick else 100)) * 1e6)
+    if min(n_ops, rounds, n_keys) < 1:
+        parser.error("--ops, --rounds and --keys must be positive")
+
+    t_start = time.monotonic()
+    name = f"bench-ops-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cache = Cache(name, capacity=args.capacity)
+    try:
+        INPUTS = Inputs(n_keys, n_ops, args.seed)
+        st = cache.stats()
+        print(f"bench_ops: {n_keys:,} keys, Zipf({ZIPF_S}) over them "
+              f"({INPUTS.distinct:,} distinct in the sequence), {n_ops:,} ops x {rounds} rounds"
+              f" of >= {round_ns / 1e6:g} ms;"
+              f" cache {args.capacity}, {st.policy}, {st.n_shards} shards; seed {args.seed}")
+        rows = []
+        for size in SIZES:
+            missing = INPUTS.prepare(size, cache)
+            if missing:
+                print(f"warning: {missing} of {n_keys} keys did not fit in the cache at "
+                      f"{fmt_size(size)}; get-hit includes misses", file=sys.stderr)
+            for workload in WORKLOADS:
+                for procs in PROCS:
+                    res = {impl: measure(impl, workload, procs, name, rounds, round_ns) for impl in IMPLS}
+                    m, f, d = (res[i]["ns_per_op"] for i in IMPLS)
+                    rows.append({
+                        "workload": workload,
+                        "size": size,
+                        "procs": procs,
+                        "metis_ns": m,
+                        "floor_ns": f,
+                        "dict_ns": d,
+                        "metis_floor_ratio": m / f,
+                        "metis_dict_ratio": m / d,
+                        "ops_per_s": res["metis"]["ops_per_s"],
+                        "floor_ops_per_s": res["floor"]["ops_per_s"],
+                        "dict_ops_per_s": res["dict"]["ops_per_s"],
+                        "rounds_ns_per_op": {i: res[i]["rounds_ns_per_op"] for i in IMPLS},
+                        "missing_after_fill": missing,
+                    })
+        print()
+        print_table(rows)
+
+        by = {(r["workload"], r["size"], r["procs"]): r for r in rows}
+        scaling = {}
+        print()
+        print("2-process read scaling (get-hit throughput, 2 procs / 1 proc):")
+        for size in SIZES:
+            one, two = by[("get-hit", size, 1)], by[("get-hit", size, 2)]
+            entry = {
+                impl: two[f"{key}ops_per_s"] / one[f"{key}ops_per_s"]
+                for impl, key in (("metis", ""), ("floor", "floor_"), ("dict", "dict_"))
+            }
+            scaling[fmt_size(size)] = entry
+            print(f"  {fmt_size(size):>6}: metis {entry['metis']:.2f}x, "
+                  f"floor {entry['floor']:.2f}x, dict {entry['dict']:.2f}x")
+        stats = cache.stats()
+        elapsed = time.monotonic() - t_start
+        result = {
+            "benchmark": "bench_ops",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "elapsed_s": round(elapsed, 2),
+            "machine": machine_info(),
+            "config": {
+                "quick": args.quick, "ops_per_round": n_ops, "rounds": rounds,
+                "keys": n_keys, "round_ms": round_ns / 1e6, "zipf_s": ZIPF_S, "set_fraction": SET_FRACTION,
+                "sizes": list(SIZES), "procs": list(PROCS), "seed": args.seed,
+                "capacity": args.capacity, "policy": stats.policy,
+                "n_shards": stats.n_shards,
+            },
+            "rows": rows,
+            "read_scaling": scaling,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print()
+        print(f"wrote {args.json} ({len(rows)} rows) in {elapsed:.1f}s")
+        return 0
+    finally:
+        cache.close()
+        Cache.destroy(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1050 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""The Metis engine: one mapped segment and the operations on it.
+
+`Engine` is the compiled base of `metis_shm.Cache`. It knows the segment
+layout, the lock-free read path, the locked write path, stats slots and the
+consistency check; it knows nothing of names, config, posix_ipc or codecs
+beyond the object it is handed (see metis_shm/cache.py and codec.py).
+
+Thread safety: every method runs with the GIL held and never releases it
+while a shard lock is held, so threads of one process never contend on a
+shard lock; processes do. Reads take no lock.
+
+The subsystems are .pxd files of inline functions (layout, hashing,
+allocator, index, item, policy, sweep, shard, check) compiled into this one
+module, so the read path inlines across them.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from layout cimport *
+from hashing cimport metis_hash
+from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
+from index cimport (INDEX_TORN, index_find_optimistic, do_index_find, do_index_insert,
+                    do_index_replace)
+from item cimport item_expired, item_fill, do_item_remove, do_item_evict
+from policy cimport (policy_record_hit, do_policy_insert, do_policy_remove, do_policy_drain,
+                     do_policy_victim)
+from sweep cimport do_sweep
+from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
+                    do_shard_repair)
+from check cimport do_shard_check
+from includes.sync cimport *
+from includes.posix cimport (mmap, munmap, MAP_FAILED, PROT_READ, PROT_WRITE, MAP_SHARED,
+                             kill, errno, ESRCH, sched_yield)
+
+import gc
+import os
+
+from metis_shm import errors as _errors
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    bint PyUnicode_Check(object o)
+    bint PyBytes_Check(object o)
+
+cdef extern from *:
+    bint __builtin_add_overflow(int64_t a, int64_t b, int64_t *res) nogil
+
+MAGIC = b"METISSHM"
+LAYOUT = LAYOUT_VERSION
+HEADER_BYTES = HEADER_SIZE
+ITEM_OVERHEAD = ITEM_HEADER_SIZE
+SHARD_OVERHEAD = ARENA_RESERVED
+POLICIES = {"sieve": POLICY_SIEVE, "lru": POLICY_LRU}
+CRASH_POINTS = 6
+
+cdef enum:
+    OPTIMISTIC_TRIES = 64       # seqlock attempts before a reader takes the lock
+    YIELD_AFTER = 16            # spins before a reader yields the CPU
+    MODE_SET = 0
+    MODE_ADD = 1
+    MODE_REPLACE = 2
+    # results of the locked write paths
+    R_DONE = 0
+    R_NOT_STORED = 1
+    R_NO_ROOM = 2
+    R_MISSING = 3
+    R_NOT_COUNTER = 4
+    R_OVERFLOW = 5
+
+cdef object _MISSING = object()
+
+
+def set_crash_point(int point, long after=0):
+    """Test hook: SIGKILL this process at labelled write-path point `point`
+    (1..CRASH_POINTS) when it is reached for the (after+1)-th time; 0 disarms."""
+    global metis_crash_point, metis_crash_after
+    if point < 0 or point > CRASH_POINTS:
+        raise ValueError(f"crash point must be 0..{CRASH_POINTS}, not {point}")
+    metis_crash_after = after
+    metis_crash_point = point
+
+
+cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept:
+    cdef uint64_t p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+cdef inline uint64_t _round_up(uint64_t n, uint64_t a) noexcept:
+    return (n + a - 1) // a * a
+
+
+def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
+                uint32_t n_slots=DEFAULT_SLOTS):
+    """Sizes and offsets of a segment: a dict, the same in every process."""
+    cdef uint64_t arena = (capacity // n_shards) // ARENA_ALIGN * ARENA_ALIGN
+    cdef uint64_t buckets, per_shard_entries, off
+    cdef dict plan = {}
+    if n_shards == 0 or (n_shards & (n_shards - 1)):
+        raise ValueError(f"shards must be a power of two, not {n_shards}")
+    if arena < 4096:
+        raise ValueError(f"capacity {capacity} leaves {arena} bytes per shard "
+                         f"with {n_shards} shards; at least 4096 are needed")
+    if arena > 0x80000000:
+        raise ValueError(f"capacity {capacity} gives {arena} bytes per shard; "
+                         f"at most 2 GiB per shard: use more shards")
+    buckets = _pow2_at_least(max(16, arena // 256))
+    if max_entries:
+        per_shard_entries = (max_entries + n_shards - 1) // n_shards
+        buckets = max(buckets, _pow2_at_least(per_shard_entries))
+    buckets = min(buckets, <uint64_t>1 << 26)
+    plan["capacity"] = arena * n_shards
+    plan["n_shards"] = n_shards
+    plan["shard_shift"] = 40
+    plan["shard_arena_size"] = arena
+    plan["index_buckets"] = buckets
+    plan["max_entries"] = max_entries
+    plan["n_slots"] = n_slots
+    plan["slot_size"] = _round_up(SLOT_HEADER_SIZE + n_shards * SLOT_COUNTERS_SIZE, 64)
+    plan["bitmap_stride"] = _round_up(arena // 64 + 1, 64)
+    off = HEADER_SIZE
+    plan["shards_offset"] = off
+    off += <uint64_t>n_shards * SHARD_HEADER_SIZE
+    plan["slots_offset"] = off
+    off = _round_up(off + n_slots * plan["slot_size"], 4096)
+    plan["index_offset"] = off
+    off = _round_up(off + <uint64_t>n_shards * buckets * 4, 64)
+    plan["bitmap_offset"] = off
+    off = _round_up(off + <uint64_t>n_shards * plan["bitmap_stride"], 4096)
+    plan["arena_offset"] = off
+    off += arena * n_shards
+    plan["segment_size"] = _round_up(off, 4096)
+    return plan
+
+
+cdef SegmentHeader _zero_header
+memset(&_zero_header, 0, sizeof(SegmentHeader))
+_HEADER_FIELDS = tuple(k for k in dict(_zero_header) if k != "magic")
+
+
+def read_header(bytes raw):
+    """Decode the fields of a segment header from its first bytes (a dict)."""
+    if len(raw) < sizeof(SegmentHeader):
+        raise ValueError("header too short")
+    cdef SegmentHeader h
+    memcpy(&h, PyBytes_AS_STRING(raw), sizeof(SegmentHeader))
+    d = dict(h)
+    d["magic"] = PyBytes_FromStringAndSize(h.magic, 8)
+    return d
+
+
+cdef struct KeyView:
+    const char *p
+    Py_ssize_t n
+    uint32_t flag
+    uint64_t h
+
+cdef struct ValueView:
+    const char *p
+    Py_ssize_t n
+    uint32_t flags
+    int64_t ival
+
+
+cdef class Engine:
+    """One process's mapping of a segment. Subclassed by metis_shm.Cache."""
+
+    cdef char *_base
+    cdef uint64_t _size
+    cdef SegmentHeader *_hdr
+    cdef ShardRef *_shards
+    cdef uint32_t _n_shards
+    cdef uint32_t _shard_shift
+    cdef uint32_t _max_key
+    cdef uint32_t _max_value
+    cdef uint32_t _max_block
+    cdef uint32_t _compress_threshold
+    cdef int64_t _default_ttl_ns
+    cdef SlotHeader *_slot
+    cdef SlotCounters *_counters
+    cdef bint _shared_slot
+    cdef object _codec
+
+    def __dealloc__(self):
+        self._unmap()
+
+    # ---- mapping -----------------------------------------------------------
+
+    def _map(self, int fd, uint64_t size):
+        """mmap the segment behind `fd` (the caller closes fd afterwards)."""
+        cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, os.strerror(errno))
+        self._base = <char *>p
+        self._size = size
+        self._hdr = <SegmentHeader *>p
+
+    cdef void _unmap(self) noexcept:
+        if self._shards != NULL:
+            free(self._shards)
+            self._shards = NULL
+        if self._base != NULL:
+            munmap(self._base, self._size)
+            self._base = NULL
+            self._hdr = NULL
+
+    def _format(self, dict plan, dict settings):
+        """Write a new segment's header and empty shards; mark it ready last."""
+        cdef SegmentHeader *h = self._hdr
+        cdef uint32_t i
+        cdef ShardHeader *sh
+        if sizeof(ShardHeader) != SHARD_HEADER_SIZE or sizeof(Item) != ITEM_HEADER_SIZE:
+            raise AssertionError("layout structs do not have their declared sizes")
+        cdef SegmentHeader fresh
+        fields = {name: 0 for name in _HEADER_FIELDS}
+        fields.update({k: v for k, v in plan.items() if k in fields})
+        fields.update(settings)
+        fields.update(layout_version=LAYOUT_VERSION, header_size=HEADER_SIZE,
+                      created_ns=metis_now_ns(), creator_uid=os.getuid(),
+                      creator_pid=os.getpid(), state=STATE_INITIALIZING, magic=b"\0" * 8)
+        fresh = fields
+        memcpy(h, &fresh, sizeof(SegmentHeader))
+        self._setup_views()
+        for i in range(self._n_shards):
+            sh = self._shards[i].sh
+            memset(sh, 0, SHARD_HEADER_SIZE)
+            if metis_mutex_init(sh.lock) != 0:
+                raise OSError("cannot initialise a process-shared robust mutex")
+            if plan["max_entries"]:
+                sh.max_items = (plan["max_entries"] + self._n_shards - 1) // self._n_shards
+            do_shard_reset(&self._shards[i])
+        memcpy(h.magic, <const char *>MAGIC, 8)
+        metis_store_release_u32(&h.state, STATE_READY)
+
+    def _setup_views(self):
+        """Compute this process's pointers to each shard's pieces."""
+        cdef SegmentHeader *h = self._hdr
+        cdef uint32_t i
+        cdef ShardRef *s
+        self._n_shards = h.n_shards
+        self._shard_shift = h.shard_shift
+        self._max_key = h.max_key_size
+        self._compress_threshold = h.compress_threshold
+        self._default_ttl_ns = h.default_ttl_ns
+        usable = h.shard_arena_size - ARENA_RESERVED
+        self._max_block = <uint32_t>usable
+        self._max_value = h.max_value_size
+        if self._shards == NULL:
+            self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
+            if self._shards == NULL:
+                raise MemoryError()
+        for i in range(self._n_shards):
+            s = &self._shards[i]
+            s.sh = <ShardHeader *>(self._base + h.shards_offset + <uint64_t>i * SHARD_HEADER_SIZE)
+            s.buckets = <uint32_t *>(self._base + h.index_offset
+                                     + <uint64_t>i * h.index_buckets * 4)
+            s.visited = <uint8_t *>(self._base + h.bitmap_offset + <uint64_t>i * h.bitmap_stride)
+            s.arena = self._base + h.arena_offset + <uint64_t>i * h.shard_arena_size
+            s.arena_size = h.shard_arena_size
+            s.bucket_mask = h.index_buckets - 1
+            s.policy = h.policy
+            s.index = i
+
+    def _set_codec(self, codec):
+        self._codec = codec
+
+    # ---- per-process stat slots -------------------------------------------
+
+    cdef SlotHeader *_slot_at(self, uint32_t i) noexcept:
+        return <SlotHeader *>(self._base + self._hdr.slots_offset + <uint64_t>i * self._hdr.slot_size)
+
+    def _claim_slot(self):
+        """Take a stats slot of our own (slot 0 is shared, updated atomically).
+
+        Readers bump hit/miss counters in their own slot, so two processes
+        reading the same shard never write the same cache line. A slot whose
+        process died is taken over and its counts folded into slot 0.
+        """
+        cdef uint32_t i, pid = os.getpid(), owner
+        cdef SlotHeader *sl
+        self._slot = NULL
+        for i in range(1, self._hdr.n_slots):
+            sl = self._slot_at(i)
+            if metis_load_relaxed_u32(&sl.pid) == 0 and metis_cas_u32(&sl.pid, 0, pid):
+                self._take_slot(sl)
+                return
+        for i in range(1, self._hdr.n_slots):
+            sl = self._slot_at(i)
+            owner = metis_load_relaxed_u32(&sl.pid)
+            if owner != pid and kill(owner, 0) == -1 and errno == ESRCH:
+                if metis_cas_u32(&sl.pid, owner, pid):
+                    self._fold_slot(sl)
+                    self._take_slot(sl)
+                    return
+        self._slot = self._slot_at(0)
+        self._counters = <SlotCounters *>((<char *>self._slot) + SLOT_HEADER_SIZE)
+        self._shared_slot = True
+
+    cdef void _take_slot(self, SlotHeader *sl) noexcept:
+        sl.claimed_ns = metis_now_ns()
+        self._slot = sl
+        self._counters = <SlotCounters *>((<char *>sl) + SLOT_HEADER_SIZE)
+        self._shared_slot = False
+
+    cdef void _fold_slot(self, SlotHeader *sl) noexcept:
+        """Add a slot's counters into shared slot 0 and zero them."""
+        cdef SlotCounters *src = <SlotCounters *>((<char *>sl) + SLOT_HEADER_SIZE)
+        cdef SlotCounters *dst = <SlotCounters *>((<char *>self._slot_at(0)) + SLOT_HEADER_SIZE)
+        cdef uint32_t i
+        for i in range(self._n_shards):
+            metis_fetch_add_u64(&dst[i].hits, metis_load_relaxed_u64(&src[i].hits))
+            metis_fetch_add_u64(&dst[i].misses, metis_load_relaxed_u64(&src[i].misses))
+            metis_fetch_add_u64(&dst[i].read_retries,
+                                metis_load_relaxed_u64(&src[i].read_retries))
+            metis_store_relaxed_u64(&src[i].hits, 0)
+            metis_store_relaxed_u64(&src[i].misses, 0)
+            metis_store_relaxed_u64(&src[i].read_retries, 0)
+
+    def _release_slot(self):
+        if self._slot != NULL and not self._shared_slot:
+            self._fold_slot(self._slot)
+            metis_store_release_u32(&self._slot.pid, 0)
+        self._slot = NULL
+
+    cdef inline void _bump(self, uint64_t *counter) noexcept:
+        # Own slot: only this process writes it, and the GIL orders our
+        # threads, so a plain relaxed load/store pair is exact.
+        if self._shared_slot:
+            metis_fetch_add_u64(counter, 1)
+        else:
+            metis_store_relaxed_u64(counter, metis_load_relaxed_u64(counter) + 1)
+
+    # ---- closing -----------------------------------------------------------
+
+    def _close_engine(self):
+        if self._base != NULL:
+            self._release_slot()
+        self._unmap()
+
+    @property
+    def closed(self):
+        """True once close() has been called."""
+        return self._base == NULL
+
+    cdef int _check_open(self) except -1:
+        if self._shards == NULL:
+            raise _errors.CacheClosed("operation on a closed cache", context={})
+        return 0
+
+    # ---- keys, values, ttl -------------------------------------------------
+
+    cdef int _key(self, object key, KeyView *kv) except -1:
+        if PyUnicode_Check(key):
+            kv.p = PyUnicode_AsUTF8AndSize(key, &kv.n)
+            kv.flag = FLAG_KEY_STR
+        elif PyBytes_Check(key):
+            kv.p = PyBytes_AS_STRING(key)
+            kv.n = PyBytes_GET_SIZE(key)
+            kv.flag = 0
+        else:
+            raise _errors.InvalidKeyType(
+                f"keys must be str or bytes, not {type(key).__name__}",
+                context={"type": type(key).__name__})
+        if kv.n > self._max_key:
+            raise _errors.KeyTooLarge(
+                f"key is {kv.n} bytes; max_key_size is {self._max_key}",
+                context={"size": kv.n, "limit": self._max_key})
+        kv.h = metis_hash(kv.p, kv.n, kv.flag)
+        return 0
+
+    cdef inline ShardRef *_shard_for(self, uint64_t h) noexcept:
+        return &self._shards[(h >> self._shard_shift) & (self._n_shards - 1)]
+
+    cdef object _value(self, object value, ValueView *vv):
+        """Point vv at the bytes to store; returns an object to keep alive."""
+        cdef int overflow = 0
+        cdef type t = type(value)
+        cdef object kept
+        if t is bytes:
+            vv.p = PyBytes_AS_STRING(value)
+            vv.n = PyBytes_GET_SIZE(value)
+            vv.flags = KIND_BYTES
+            kept = value
+        elif t is str:
+            vv.p = PyUnicode_AsUTF8AndSize(value, &vv.n)
+            vv.flags = KIND_STR
+            kept = value
+        elif t is int:
+            vv.ival = PyLong_AsLongLongAndOverflow(value, &overflow)
+            if overflow == 0:
+                vv.p = <const char *>&vv.ival
+                vv.n = 8
+                vv.flags = KIND_INT
+                return None
+            kept = None
+        else:
+            kept = None
+        if kept is not None and (self._compress_threshold == 0
+                                 or vv.n < self._compress_threshold):
+            return kept
+        flags, payload = self._codec.encode(value)
+        vv.p = PyBytes_AS_STRING(payload)
+        vv.n = PyBytes_GET_SIZE(payload)
+        vv.flags = flags
+        return payload
+
+    cdef object _decode(self, uint32_t flags, object data):
+        cdef uint32_t kind = flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)
+        if kind == KIND_BYTES:
+            return data
+        if kind == KIND_STR:
+            return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), NULL)
+        if kind == KIND_BYTEARRAY:
+            return PyByteArray_FromStringAndSize(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        return self._codec.decode(flags, data)
+
+    cdef int _expiry(self, object ttl, uint64_t *out) except -1:
+        """Absolute expiry in ns (0 = never); returns 1 if ttl <= 0."""
+        cdef double t
+        if ttl is None:
+            out[0] = metis_now_ns() + <uint64_t>self._default_ttl_ns \
+                if self._default_ttl_ns > 0 else 0
+            return 0
+        try:
+            t = ttl
+        except TypeError:
+            raise _errors.InvalidConfig(
+                f"ttl must be a number of seconds or None, not {type(ttl).__name__}",
+                context={"field": "ttl", "value": repr(ttl)}) from None
+        if t <= 0:
+            out[0] = 0
+            return 1
+        out[0] = metis_now_ns() + <uint64_t>(t * 1e9)
+        return 0
+
+    # ---- the read path -----------------------------------------------------
+
+    cdef object _read(self, KeyView *kv, object default, bint consume):
+        """Lock-free lookup; falls back to the lock after OPTIMISTIC_TRIES."""
+        cdef ShardRef *s = self._shard_for(kv.h)
+        cdef SlotCounters *c = &self._counters[s.index]
+        cdef uint64_t s1, s2, exp
+        cdef uint32_t off, vlen, flags
+        cdef int64_t ival = 0
+        cdef Item *it
+        cdef object data
+        cdef int attempt
+        if consume:
+            return self._read_locked(s, kv, default, True)
+        for attempt in range(OPTIMISTIC_TRIES):
+            s1 = metis_load_acquire_u64(&s.sh.seq)
+            if s1 & 1:
+                self._bump(&c.read_retries)
+                if attempt >= YIELD_AFTER:
+                    sched_yield()
+                else:
+                    metis_cpu_relax()
+                continue
+            off = index_find_optimistic(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag)
+            if off == 0:
+                metis_fence_acquire()
+                if metis_load_relaxed_u64(&s.sh.seq) != s1:
+                    self._bump(&c.read_retries)
+                    continue
+                self._bump(&c.misses)
+                return default
+            data = None
+            if off != INDEX_TORN:
+                it = item_at(s, off)
+                vlen = it.value_len
+                flags = it.flags
+                exp = it.expire_ns
+                if vlen <= self._max_block and \
+                        <uint64_t>off + ITEM_HEADER_SIZE + kv.n + vlen <= s.arena_size:
+                    if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
+                        memcpy(&ival, item_value(it), 8)
+                    else:
+                        data = PyBytes_FromStringAndSize(item_value(it), vlen)
+                else:
+                    off = INDEX_TORN
+            metis_fence_acquire()
+            s2 = metis_load_relaxed_u64(&s.sh.seq)
+            if s1 != s2 or off == INDEX_TORN:
+                self._bump(&c.read_retries)
+                continue
+            if exp and exp <= metis_now_ns():
+                self._bump(&c.misses)
+                return default
+            self._bump(&c.hits)
+            policy_record_hit(s, off)
+            if data is None:
+                return PyLong_FromLongLong(ival)
+            return self._decode(flags, data)
+        return self._read_locked(s, kv, default, False)
+
+    cdef object _read_locked(self, ShardRef *s, KeyView *kv, object default, bint consume):
+        """Lookup under the shard lock (and, with consume, remove: pop)."""
+        cdef SlotCounters *c = &self._counters[s.index]
+        cdef uint32_t off, vlen = 0, flags = 0
+        cdef uint32_t *link
+        cdef char *buf = NULL
+        cdef bint found = False
+        cdef Item *it
+        cdef uint64_t now = metis_now_ns()
+        self._lock(s)
+        if consume:
+            do_write_begin(s)
+        off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if off:
+            it = item_at(s, off)
+            if item_expired(it, now):
+                if consume:
+                    do_item_remove(s, link, off)
+                    s.sh.expirations += 1
+            else:
+                vlen = it.value_len
+                flags = it.flags
+                buf = <char *>malloc(vlen + 1)
+                if buf != NULL:
+                    memcpy(buf, item_value(it), vlen)
+                    found = True
+                    if consume:
+                        do_item_remove(s, link, off)
+                        s.sh.deletes += 1
+                    else:
+                        policy_record_hit(s, off)
+        if consume:
+            do_write_end(s)
+        shard_unlock(s)
+        if off and not found and buf == NULL and vlen:
+            raise MemoryError()
+        if not found:
+            self._bump(&c.misses)
+            return default
+        self._bump(&c.hits)
+        try:
+            if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
+                return PyLong_FromLongLong((<int64_t *>buf)[0])
+            return self._decode(flags, PyBytes_FromStringAndSize(buf, vlen))
+        finally:
+            free(buf)
+
+    # ---- the write path ----------------------------------------------------
+
+    cdef int _lock(self, ShardRef *s) except -1:
+        cdef int rc = shard_lock(s)
+        if rc != 0:
+            raise _errors.LockUnrecoverable(
+                f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
+                context={"shard": s.index, "errno": rc})
+        return 0
+
+    cdef int _check_size(self, KeyView *kv, ValueView *vv) except -1:
+        cdef uint64_t need = item_block_need(kv.n, vv.n)
+        if <uint64_t>vv.n > self._max_value or need > self._max_block:
+            limit = min(self._max_value, self._max_block - ITEM_HEADER_SIZE - kv.n)
+            raise _errors.ValueTooLarge(
+                f"value is {vv.n} bytes stored; the limit is {limit} bytes "
+                f"(max_value_size {self._max_value}, a shard holds items of at most "
+                f"{self._max_block} bytes including a {ITEM_HEADER_SIZE}-byte header "
+                f"and the {kv.n}-byte key)",
+                context={"size": vv.n, "limit": limit})
+        return 0
+
+    cdef int _do_store(self, ShardRef *s, KeyView *kv, ValueView *vv, uint64_t expire,
+                       int mode, uint64_t now) noexcept:
+        """Store under the lock, inside a write section. Returns R_*."""
+        cdef uint32_t *link
+        cdef uint32_t old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        cdef uint32_t need = item_block_need(kv.n, vv.n), off, victim
+        cdef Item *it
+        if old and item_expired(item_at(s, old), now):
+            do_item_remove(s, link, old)
+            s.sh.expirations += 1
+            old = 0
+        if mode == MODE_ADD and old:
+            return R_NOT_STORED
+        if mode == MODE_REPLACE and not old:
+            return R_NOT_STORED
+        if not old and s.sh.max_items:
+            while s.sh.items >= s.sh.max_items:
+                victim = do_policy_victim(s)
+                if victim == 0:
+                    break
+                do_item_evict(s, victim, now)
+        off = do_alloc(s, need)
+        while off == 0:
+            victim = do_policy_victim(s)
+            if victim == 0:
+                return R_NO_ROOM
+            do_item_evict(s, victim, now)
+            off = do_alloc(s, need)
+        it = item_at(s, off)
+        s.sh.write_counter += 1
+        item_fill(it, s.sh.write_counter, kv.h, expire, kv.p, <uint32_t>kv.n, vv.p,
+                  <uint32_t>vv.n, vv.flags | kv.flag)
+        METIS_CRASH_POINT(5)
+        # Evictions above may have taken the old item: look again.
+        old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if old:
+            do_index_replace(s, link, item_at(s, old), off, it)
+            METIS_CRASH_POINT(6)
+            do_policy_remove(s, old)
+            do_free(s, old)
+        else:
+            do_index_insert(s, off, it)
+        do_policy_insert(s, off)
+        s.sh.sets += 1
+        return R_DONE
+
+    cdef int _store(self, KeyView *kv, ValueView *vv, uint64_t expire, int mode) except -1:
+        cdef ShardRef *s = self._shard_for(kv.h)
+        cdef int r
+        self._check_size(kv, vv)
+        self._lock(s)
+        do_write_begin(s)
+        do_policy_drain(s)
+        r = self._do_store(s, kv, vv, expire, mode, metis_now_ns())
+        do_write_end(s)
+        shard_unlock(s)
+        if r == R_NO_ROOM:
+            raise _errors.ValueTooLarge(
+                f"no room for a {vv.n}-byte value in shard {s.index}",
+                context={"size": vv.n, "limit": self._max_block})
+        return r
+
+    cdef bint _remove(self, KeyView *kv) except -1:
+        cdef ShardRef *s = self._shard_for(kv.h)
+        cdef uint32_t *link
+        cdef uint32_t off
+        cdef bint removed = False
+        self._lock(s)
+        do_write_begin(s)
+        off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if off:
+            if item_expired(item_at(s, off), metis_now_ns()):
+                s.sh.expirations += 1
+            else:
+                s.sh.deletes += 1
+                removed = True
+            do_item_remove(s, link, off)
+        do_write_end(s)
+        shard_unlock(s)
+        return removed
+
+    # ---- public API --------------------------------------------------------
+
+    def get(self, key, default=None):
+        """The value stored under `key`, or `default` if absent or expired."""
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        return self._read(&kv, default, False)
+
+    def __getitem__(self, key):
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        value = self._read(&kv, _MISSING, False)
+        if value is _MISSING:
+            raise _errors.KeyNotFound(key)
+        return value
+
+    def __contains__(self, key):
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        return self._read(&kv, _MISSING, False) is not _MISSING
+
+    def set(self, key, value, ttl=None):
+        """Store `value` under `key`; `ttl` in seconds (None: the default TTL)."""
+        cdef KeyView kv
+        cdef ValueView vv
+        cdef uint64_t expire
+        self._check_open()
+        self._key(key, &kv)
+        kept = self._value(value, &vv)
+        if self._expiry(ttl, &expire):
+            self._remove(&kv)
+            return None
+        self._store(&kv, &vv, expire, MODE_SET)
+        return None
+
+    def __setitem__(self, key, value):
+        self.set(key, value)
+
+    def add(self, key, value, ttl=None):
+        """Store only if `key` is absent (atomic across processes). True if stored."""
+        cdef KeyView kv
+        cdef ValueView vv
+        cdef uint64_t expire
+        self._check_open()
+        self._key(key, &kv)
+        kept = self._value(value, &vv)
+        if self._expiry(ttl, &expire):
+            return False
+        return self._store(&kv, &vv, expire, MODE_ADD) == R_DONE
+
+    def replace(self, key, value, ttl=None):
+        """Store only if `key` is present. True if stored."""
+        cdef KeyView kv
+        cdef ValueView vv
+        cdef uint64_t expire
+        self._check_open()
+        self._key(key, &kv)
+        kept = self._value(value, &vv)
+        if self._expiry(ttl, &expire):
+            return self._remove(&kv)
+        return self._store(&kv, &vv, expire, MODE_REPLACE) == R_DONE
+
+    def delete(self, key):
+        """Remove `key`. True if a live item was removed."""
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        return self._remove(&kv)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise _errors.KeyNotFound(key)
+
+    def pop(self, key, default=_MISSING):
+        """Remove `key` and return its value (atomic). KeyNotFound if absent
+        and no default is given."""
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        value = self._read(&kv, default, True)
+        if value is _MISSING:
+            raise _errors.KeyNotFound(key)
+        return value
+
+    def touch(self, key, ttl=None):
+        """Give a present item a new expiry. True if the item was there."""
+        cdef KeyView kv
+        cdef uint64_t expire
+        cdef ShardRef *s
+        cdef uint32_t *link
+        cdef uint32_t off
+        cdef bint found = False
+        self._check_open()
+        self._key(key, &kv)
+        if self._expiry(ttl, &expire):
+            return self._remove(&kv)
+        s = self._shard_for(kv.h)
+        self._lock(s)
+        do_write_begin(s)
+        off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if off and not item_expired(item_at(s, off), metis_now_ns()):
+            item_at(s, off).expire_ns = expire
+            found = True
+        do_write_end(s)
+        shard_unlock(s)
+        return found
+
+    def incr(self, key, delta=1, *, default=None, ttl=None):
+        """Add `delta` to a 64-bit counter atomically and return the result.
+
+        A missing key raises KeyNotFound unless `default` is given, in which
+        case the counter starts at `default` (+ delta) with `ttl`.
+        """
+        cdef KeyView kv
+        cdef ValueView vv
+        cdef ShardRef *s
+        cdef uint32_t *link
+        cdef uint32_t off
+        cdef Item *it
+        cdef int64_t d, cur = 0, res = 0
+        cdef uint64_t expire = 0, now
+        cdef int r = R_DONE
+        cdef bint has_default = default is not None
+        cdef int64_t start = 0
+        self._check_open()
+        self._key(key, &kv)
+        d = delta
+        if has_default:
+            start = default
+            vv.n = 8
+            vv.flags = KIND_INT
+        expiring = self._expiry(ttl, &expire)
+        s = self._shard_for(kv.h)
+        self._lock(s)
+        do_write_begin(s)
+        now = metis_now_ns()
+        off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if off and item_expired(item_at(s, off), now):
+            do_item_remove(s, link, off)
+            s.sh.expirations += 1
+            off = 0
+        if off:
+            it = item_at(s, off)
+            if (it.flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) != KIND_INT or it.value_len != 8:
+                r = R_NOT_COUNTER
+            else:
+                memcpy(&cur, item_value(it), 8)
+                if __builtin_add_overflow(cur, d, &res):
+                    r = R_OVERFLOW
+                else:
+                    memcpy(item_value(it), &res, 8)
+                    s.sh.sets += 1
+        elif not has_default:
+            r = R_MISSING
+        elif __builtin_add_overflow(start, d, &res):
+            r = R_OVERFLOW
+        elif not expiring:
+            vv.ival = res
+            vv.p = <const char *>&vv.ival
+            r = self._do_store(s, &kv, &vv, expire, MODE_SET, now)
+        do_write_end(s)
+        shard_unlock(s)
+        if r == R_MISSING:
+            raise _errors.KeyNotFound(key)
+        if r == R_NOT_COUNTER:
+            raise _errors.NotACounter(
+                f"value under {key!r} is not an integer counter",
+                context={"key": repr(key)})
+        if r == R_OVERFLOW:
+            raise _errors.CounterOverflow(
+                f"counter {key!r} would leave the signed 64-bit range",
+                context={"key": repr(key), "delta": delta})
+        return res
+
+    def decr(self, key, delta=1, *, default=None, ttl=None):
+        """incr(key, -delta, ...)."""
+        return self.incr(key, -delta, default=default, ttl=ttl)
+
+    def get_many(self, keys):
+        """A dict of the keys found (absent and expired keys are left out)."""
+        cdef KeyView kv
+        cdef dict out = {}
+        self._check_open()
+        for key in keys:
+            self._key(key, &kv)
+            value = self._read(&kv, _MISSING, False)
+            if value is not _MISSING:
+                out[key] = value
+        return out
+
+    def set_many(self, mapping, ttl=None):
+        """set() each key/value pair of `mapping` (a dict or pairs)."""
+        items = mapping.items() if hasattr(mapping, "items") else mapping
+        for key, value in items:
+            self.set(key, value, ttl)
+
+    def delete_many(self, keys):
+        """Delete each key; returns how many were removed."""
+        cdef KeyView kv
+        cdef int n = 0
+        self._check_open()
+        for key in keys:
+            self._key(key, &kv)
+            n += self._remove(&kv)
+        return n
+
+    def __len__(self):
+        cdef uint64_t total = 0
+        cdef uint32_t i
+        self._check_open()
+        for i in range(self._n_shards):
+            total += metis_load_relaxed_u64(&self._shards[i].sh.items)
+        return total
+
+    def keys(self, prefix=None):
+        """Iterate over the keys (str or bytes as stored), optionally by prefix.
+
+        Tolerates concurrent writes: each bucket is copied under a validated
+        sequence word, so a key present for the whole iteration is yielded
+        exactly once; keys added or removed meanwhile may or may not appear.
+        """
+        cdef uint32_t i
+        cdef uint64_t b, nb
+        self._check_open()
+        if prefix is not None and not isinstance(prefix, (str, bytes)):
+            raise _errors.InvalidKeyType(
+                f"prefix must be str or bytes, not {type(prefix).__name__}",
+                context={"type": type(prefix).__name__})
+        nb = self._hdr.index_buckets
+        for i in range(self._n_shards):
+            b = 0
+            while b < nb:
+                batch = self._bucket_keys(i, b, min(b + 256, nb))
+                b = min(b + 256, nb)
+                for key in batch:
+                    if prefix is None or (type(key) is type(prefix) and key.startswith(prefix)):
+                        yield key
+
+    cdef list _bucket_keys(self, uint32_t shard, uint64_t first, uint64_t last):
+        """Live keys of buckets [first, last) of a shard, copied consistently."""
+        cdef ShardRef *s = &self._shards[shard]
+        cdef uint64_t s1, b, now
+        cdef uint32_t off, steps
+        cdef Item *it
+        cdef list out
+        cdef bint torn
+        cdef int attempt
+        for attempt in range(OPTIMISTIC_TRIES + 1):
+            locked = attempt == OPTIMISTIC_TRIES
+            if locked:
+                self._lock(s)
+            s1 = metis_load_acquire_u64(&s.sh.seq)
+            if s1 & 1 and not locked:
+                metis_cpu_relax()
+                continue
+            out = []
+            torn = False
+            now = metis_now_ns()
+            for b in range(first, last):
+                off = metis_load_relaxed_u32(&s.buckets[b])
+                steps = 0
+                while off and not torn:
+                    if not (off >= ARENA_RESERVED and (off & 7) == 0 and
+                            <uint64_t>off + ITEM_HEADER_SIZE <= s.arena_size) or \
+                            steps >= MAX_CHAIN:
+                        torn = True
+                        break
+                    it = item_at(s, off)
+                    if it.key_len > self._max_key or \
+                            <uint64_t>off + ITEM_HEADER_SIZE + it.key_len > s.arena_size:
+                        torn = True
+                        break
+                    if not item_expired(it, now):
+                        raw = PyBytes_FromStringAndSize(item_key(it), it.key_len)
+                        out.append(raw.decode("utf-8", "surrogateescape")
+                                   if it.flags & FLAG_KEY_STR else raw)
+                    off = metis_load_relaxed_u32(&it.hnext)
+                    steps += 1
+                if torn:
+                    break
+            if locked:
+                shard_unlock(s)
+                return out
+            metis_fence_acquire()
+            if not torn and metis_load_relaxed_u64(&s.sh.seq) == s1:
+                return out
+        return []
+
+    def clear(self):
+        """Remove every item from every shard."""
+        cdef uint32_t i
+        cdef ShardRef *s
+        self._check_open()
+        for i in range(self._n_shards):
+            s = &self._shards[i]
+            self._lock(s)
+            do_write_begin(s)
+            s.sh.deletes += s.sh.items
+            do_shard_reset(s)
+            do_write_end(s)
+            shard_unlock(s)
+
+    def sweep(self, max_items=1024):
+        """Remove expired items, looking at about `max_items` per shard.
+
+        Resumes where the previous sweep of each shard stopped. Returns how
+        many items were removed.
+        """
+        cdef uint32_t i
+        cdef uint64_t removed = 0, budget = max_items
+        cdef ShardRef *s
+        self._check_open()
+        for i in range(self._n_shards):
+            s = &self._shards[i]
+            self._lock(s)
+            do_write_begin(s)
+            do_policy_drain(s)
+            removed += do_sweep(s, budget, metis_now_ns())
+            do_write_end(s)
+            shard_unlock(s)
+        return removed
+
+    def check(self):
+        """Full consistency check of every shard; a list of problems (empty = ok).
+
+        Takes each shard's lock in turn (a dead writer's shard is repaired
+        first, as any writer would).
+        """
+        cdef uint32_t i
+        cdef ShardRef *s
+        cdef list problems = []
+        self._check_open()
+        if bytes(self._hdr.magic[:8]) != MAGIC or self._hdr.layout_version != LAYOUT_VERSION:
+            return ["segment header lost its magic or layout version"]
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for i in range(self._n_shards):
+                s = &self._shards[i]
+                self._lock(s)
+                try:
+                    problems.extend(do_shard_check(s, self._shard_shift, self._n_shards))
+                finally:
+                    shard_unlock(s)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return problems
+
+    def _repair_shard(self, uint32_t shard):
+        """Rebuild one shard as after a dead writer (used by tests and `metis check`)."""
+        cdef ShardRef *s = &self._shards[shard]
+        self._lock(s)
+        do_shard_repair(s)
+        s.sh.lock_recoveries += 1
+        shard_unlock(s)
+
+    def _raw_stats(self):
+        """Per-shard counters as tuples (see metis_shm.stats for the names)."""
+        cdef uint32_t i, j
+        cdef ShardRef *s
+        cdef SlotCounters *c
+        cdef uint64_t hits, misses, retries, largest
+        cdef list out = []
+        self._check_open()
+        for i in range(self._n_shards):
+            s = &self._shards[i]
+            hits = misses = retries = 0
+            for j in range(self._hdr.n_slots):
+                if j and metis_load_relaxed_u32(&self._slot_at(j).pid) == 0:
+                    continue
+                c = <SlotCounters *>((<char *>self._slot_at(j)) + SLOT_HEADER_SIZE) + i
+                hits += metis_load_relaxed_u64(&c.hits)
+                misses += metis_load_relaxed_u64(&c.misses)
+                retries += metis_load_relaxed_u64(&c.read_retries)
+            # largest_free walks a free list: take the lock for a stable answer.
+            self._lock(s)
+            largest = alloc_largest_free(s)
+            shard_unlock(s)
+            out.append((hits, misses, s.sh.sets, s.sh.deletes, s.sh.evictions,
+                        s.sh.expirations, s.sh.items, arena_usable(s) - s.sh.free_bytes,
+                        arena_usable(s), s.sh.free_bytes, largest, s.sh.lock_waits, retries,
+                        s.sh.lock_recoveries))
+        return out
+
+    def _header(self):
+        """The live header fields (a dict)."""
+        self._check_open()
+        return read_header(PyBytes_FromStringAndSize(<char *>self._hdr, sizeof(SegmentHeader)))
+
+    def _set_daemon(self, uint32_t pid, uint64_t heartbeat_ns):
+        self._check_open()
+        metis_store_relaxed_u32(&self._hdr.daemon_pid, pid)
+        metis_store_release_u64(&self._hdr.daemon_heartbeat_ns, heartbeat_ns)
+

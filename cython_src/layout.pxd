@@ -1,0 +1,180 @@
+# The segment layout: every structure that lives in shared memory, and the
+# process-local view of one shard (ShardRef). Offsets inside a shard's arena
+# are 32-bit; offset 0 means "none", so the arena's first ARENA_RESERVED
+# bytes are never handed out.
+#
+# LAYOUT_VERSION rule: bump it whenever a struct below changes size, order or
+# meaning, or an invariant of the allocator, index or policy changes. A bump
+# means every existing segment is refused at attach (SEGMENT_VERSION) and
+# must be destroyed: the RAM cache is dropped. docs/architecture.md lists the
+# history.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+cdef enum:
+    LAYOUT_VERSION = 1
+    HEADER_SIZE = 4096
+    SHARD_HEADER_SIZE = 1024
+    ITEM_HEADER_SIZE = 56
+    MIN_BLOCK = 64
+    ARENA_RESERVED = 64
+    ARENA_ALIGN = 64
+    N_BINS = 32
+    RING_SIZE = 64
+    SLOT_HEADER_SIZE = 64
+    SLOT_COUNTERS_SIZE = 32
+    DEFAULT_SLOTS = 128
+    MAX_CHAIN = 4096
+
+    STATE_INITIALIZING = 0
+    STATE_READY = 1
+
+    # Low bits of a block header word; the size is a multiple of 8.
+    BLOCK_USED = 1
+    BLOCK_PREV_FREE = 2
+    BLOCK_MARK = 4          # only during repair and check
+
+    # Item flags: the engine reads the key-type bit and the counter kind;
+    # the rest belongs to the codec (metis_shm/codec.py).
+    FLAG_KIND_MASK = 0xFF
+    FLAG_CODEC_MASK = 0xF00
+    FLAG_KEY_STR = 0x1000
+    KIND_BYTES = 0
+    KIND_BYTEARRAY = 1
+    KIND_STR = 2
+    KIND_INT = 3
+
+    POLICY_SIEVE = 0
+    POLICY_LRU = 1
+
+cdef struct SegmentHeader:
+    char magic[8]
+    uint32_t layout_version
+    uint32_t header_size
+    uint64_t segment_size
+    uint64_t capacity
+    uint64_t shard_arena_size
+    uint64_t max_entries
+    uint64_t shards_offset
+    uint64_t slots_offset
+    uint64_t index_offset
+    uint64_t bitmap_offset
+    uint64_t arena_offset
+    uint64_t created_ns
+    uint64_t daemon_heartbeat_ns
+    int64_t default_ttl_ns
+    uint32_t n_shards
+    uint32_t shard_shift
+    uint32_t index_buckets
+    uint32_t policy
+    uint32_t max_key_size
+    uint32_t max_value_size
+    uint32_t compress_threshold
+    uint32_t serializer
+    uint32_t n_slots
+    uint32_t slot_size
+    uint32_t creator_uid
+    uint32_t creator_pid
+    uint32_t daemon_pid
+    uint32_t flags
+    uint32_t state
+    uint32_t bitmap_stride
+
+cdef struct ShardHeader:
+    # The robust mutex: writers only.
+    char lock[64]
+    # The seqlock word, read by every reader: its own cache line.
+    uint64_t seq
+    uint64_t write_counter
+    uint64_t _pad_seq[6]
+    # Written under the lock.
+    uint64_t sets
+    uint64_t deletes
+    uint64_t evictions
+    uint64_t expirations
+    uint64_t items
+    uint64_t free_bytes
+    uint64_t lock_waits
+    uint64_t lock_recoveries
+    uint64_t max_items
+    uint64_t sweep_cursor
+    uint64_t drains
+    uint64_t _pad_stats[5]
+    # Allocator: one free list per power-of-two size class.
+    uint32_t bin_heads[32]
+    uint32_t bin_bitmap
+    uint32_t _pad_alloc[15]
+    # Policy queue.
+    uint32_t q_head
+    uint32_t q_tail
+    uint32_t q_hand
+    uint32_t q_count
+    uint32_t _pad_policy[12]
+    # Access ring: written by readers without the lock, drained by writers.
+    uint64_t ring_pos
+    uint64_t ring_drained
+    uint64_t _pad_ring[6]
+    uint32_t ring[64]
+    char _reserved[192]
+
+cdef struct SlotHeader:
+    uint32_t pid
+    uint32_t _pad
+    uint64_t claimed_ns
+    uint64_t _pad2[6]
+
+# Per process, per shard: counters a reader bumps without any shared write.
+cdef struct SlotCounters:
+    uint64_t hits
+    uint64_t misses
+    uint64_t read_retries
+    uint64_t _pad
+
+cdef struct Item:
+    uint32_t block          # allocator: size | BLOCK_* bits
+    uint32_t hnext          # index: next item in this bucket's chain
+    uint64_t version        # shard write counter when written
+    uint64_t hash
+    uint64_t expire_ns      # 0 = never
+    uint32_t key_len
+    uint32_t value_len
+    uint32_t flags
+    uint32_t qprev          # policy queue links
+    uint32_t qnext
+    uint32_t qaux
+
+cdef struct FreeBlock:
+    uint32_t block
+    uint32_t next_free
+    uint32_t prev_free
+
+# Process-local: where one shard's pieces are in this process's mapping.
+cdef struct ShardRef:
+    ShardHeader *sh
+    uint32_t *buckets
+    char *arena
+    uint8_t *visited
+    uint64_t arena_size
+    uint32_t bucket_mask
+    uint32_t policy
+    uint32_t index
+
+cdef inline Item *item_at(ShardRef *s, uint32_t off) noexcept nogil:
+    return <Item *>(s.arena + off)
+
+cdef inline const char *item_key(Item *it) noexcept nogil:
+    return (<const char *>it) + ITEM_HEADER_SIZE
+
+cdef inline char *item_value(Item *it) noexcept nogil:
+    return (<char *>it) + ITEM_HEADER_SIZE + it.key_len
+
+cdef inline uint32_t block_size(ShardRef *s, uint32_t off) noexcept nogil:
+    return (<uint32_t *>(s.arena + off))[0] & ~(<uint32_t>7)
+
+cdef inline uint32_t align8(uint64_t n) noexcept nogil:
+    return <uint32_t>((n + 7) & ~(<uint64_t>7))
+
+cdef inline uint32_t item_block_need(uint64_t klen, uint64_t vlen) noexcept nogil:
+    cdef uint64_t n = ITEM_HEADER_SIZE + klen + vlen
+    if n < MIN_BLOCK:
+        n = MIN_BLOCK
+    return align8(n)

@@ -1,0 +1,63 @@
+"""Metis: a cache that the Python processes of one machine share through
+POSIX shared memory.
+
+    >>> from metis_shm import Cache
+    >>> cache = Cache("app", capacity="256MiB")   # creates or attaches
+    >>> cache.set("user:42", b"...", ttl=300)
+    >>> cache.get("user:42")
+    b'...'
+"""
+
+from metis_shm.cache import Cache
+from metis_shm.codec import register_type
+from metis_shm.errors import (
+    ERROR_CLASSES,
+    CacheClosed,
+    CounterOverflow,
+    InvalidConfig,
+    InvalidKeyType,
+    InvalidName,
+    KeyNotFound,
+    KeyTooLarge,
+    LockUnrecoverable,
+    MetisError,
+    NotACounter,
+    SegmentCorrupt,
+    SegmentForeign,
+    SegmentNotFound,
+    SegmentPermission,
+    SegmentVersionMismatch,
+    SerializationFailed,
+    ShmNoSpace,
+    ValueTooLarge,
+)
+from metis_shm.stats import ShardStats, Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ERROR_CLASSES",
+    "Cache",
+    "CacheClosed",
+    "CounterOverflow",
+    "InvalidConfig",
+    "InvalidKeyType",
+    "InvalidName",
+    "KeyNotFound",
+    "KeyTooLarge",
+    "LockUnrecoverable",
+    "MetisError",
+    "NotACounter",
+    "SegmentCorrupt",
+    "SegmentForeign",
+    "SegmentNotFound",
+    "SegmentPermission",
+    "SegmentVersionMismatch",
+    "SerializationFailed",
+    "ShardStats",
+    "ShmNoSpace",
+    "Stats",
+    "ValueTooLarge",
+    "__version__",
+    "register_type",
+]

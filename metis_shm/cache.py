@@ -1,0 +1,290 @@
+"""``Cache``: the object users open. Settings, segment lifecycle and fork
+handling in Python; every operation is the compiled engine's (``_engine``).
+
+Thread-safe; process-safe; fork-safe (a Cache opened before ``fork()`` keeps
+working in the child, which takes its own stats slot). Closing detaches this
+process only; ``Cache.destroy(name)`` removes the segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+from metis_shm import _engine, segment
+from metis_shm.codec import SERIALIZERS, Codec
+from metis_shm.errors import InvalidConfig
+from metis_shm.stats import Stats, build_stats
+from metis_shm.units import parse_duration, parse_size
+
+log = logging.getLogger("metis_shm")
+
+DEFAULT_CAPACITY = "64MiB"
+DEFAULT_MAX_KEY_SIZE = 1024
+DEFAULT_MAX_VALUE_SIZE = "1MiB"
+DEFAULT_COMPRESS_THRESHOLD = "16KiB"
+MAX_SHARDS = 1024
+
+_open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+def default_shards(capacity: int, max_value_size: int) -> int:
+    """Shards for a new cache: 4 per CPU (a power of two), but each shard
+    large enough to hold a few of the largest values."""
+    want = 1
+    while want < 4 * (os.cpu_count() or 1):
+        want *= 2
+    while want > 1 and capacity // want < max(2 * max_value_size, 64 * 1024):
+        want //= 2
+    return min(want, MAX_SHARDS)
+
+
+class Cache(_engine.Engine):
+    """A cache shared by every process that opens the same ``name``.
+
+    >>> cache = Cache("doc-example", capacity="8MiB")
+    >>> cache.set("user:42", b"Ada", ttl=300)
+    >>> cache.get("user:42")
+    b'Ada'
+    >>> cache.close(); Cache.destroy("doc-example")
+    True
+
+    See docs/api.md for every argument and method.
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        name: str,
+        capacity: int | str = DEFAULT_CAPACITY,
+        *,
+        shards: int | None = None,
+        policy: str = "sieve",
+        max_entries: int | None = None,
+        max_key_size: int = DEFAULT_MAX_KEY_SIZE,
+        max_value_size: int | str = DEFAULT_MAX_VALUE_SIZE,
+        compress_threshold: int | str | None = DEFAULT_COMPRESS_THRESHOLD,
+        serializer: str = "msgpack",
+        default_ttl: float | str | None = None,
+        mode: int = 0o600,
+        create: bool = True,
+    ) -> None:
+        self.name = segment.validate_name(name)
+        settings = _settings(
+            capacity=capacity, policy=policy, max_key_size=max_key_size,
+            max_value_size=max_value_size, compress_threshold=compress_threshold,
+            serializer=serializer, default_ttl=default_ttl, max_entries=max_entries,
+        )  # fmt: skip
+        cap = parse_size(capacity, "capacity")
+        n_shards = shards if shards is not None else default_shards(
+            cap, settings["max_value_size"]
+        )
+        if not isinstance(n_shards, int) or n_shards < 1 or n_shards & (n_shards - 1) \
+                or n_shards > MAX_SHARDS:
+            raise InvalidConfig(
+                f"shards: {shards!r} is not valid; expected a power of two from 1 to "
+                f"{MAX_SHARDS}",
+                context={"field": "shards", "value": shards},
+            )
+        try:
+            plan = _engine.plan_layout(cap, n_shards, max_entries or 0)
+        except ValueError as exc:
+            raise InvalidConfig(f"capacity: {exc}", context={"field": "capacity"}) from exc
+        opened = segment.create_or_open(self.name, plan, mode, create)
+        try:
+            self._map(opened.fd, opened.size)
+            if opened.created:
+                self._format(plan, settings)
+            else:
+                self._setup_views()
+                _warn_mismatch(self.name, opened.header or {}, plan, settings,
+                               explicit_capacity=capacity != DEFAULT_CAPACITY)
+        except BaseException:
+            self._close_engine()
+            if opened.created:
+                segment.destroy(self.name)
+            raise
+        finally:
+            os.close(opened.fd)
+        header = self._header()
+        self._codec_obj = Codec(_serializer_name(header["serializer"]),
+                                header["compress_threshold"])
+        self._set_codec(self._codec_obj)
+        self._claim_slot()
+        _open_caches.add(self)
+        self.created = opened.created
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach this process; the segment and its data stay for others."""
+        _open_caches.discard(self)
+        self._close_engine()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._close_engine()
+        except Exception:  # interpreter shutdown: nothing left to tell
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} items"
+        return f"<metis_shm.Cache {self.name!r} {state}>"
+
+    @staticmethod
+    def destroy(name: str) -> bool:
+        """Remove the segment of cache ``name``. True if there was one.
+
+        Processes that have it open keep working on their mapping until they
+        close it; the memory is freed when the last one does.
+        """
+        return segment.destroy(name)
+
+    @staticmethod
+    def exists(name: str) -> bool:
+        """Is there a segment for cache ``name``?"""
+        return segment.exists(name)
+
+    # ---- introspection -----------------------------------------------------
+
+    def stats(self) -> Stats:
+        """Counters read from shared memory, totals and per shard (any process)."""
+        header = self._header()
+        return build_stats(
+            self._raw_stats(), name=self.name, policy=self.policy,
+            segment_size=header["segment_size"],
+        )  # fmt: skip
+
+    @property
+    def policy(self) -> str:
+        """The eviction policy recorded in the segment."""
+        number = self._header()["policy"]
+        return next(k for k, v in _engine.POLICIES.items() if v == number)
+
+    @property
+    def n_shards(self) -> int:
+        """How many shards the segment has."""
+        return int(self._header()["n_shards"])
+
+    @property
+    def capacity(self) -> int:
+        """Bytes available to items (all shards)."""
+        h = self._header()
+        return int(h["n_shards"] * (h["shard_arena_size"] - _engine.SHARD_OVERHEAD))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The segment's header fields (layout, limits, creator)."""
+        return dict(self._header())
+
+    @property
+    def daemon_alive(self) -> bool:
+        """Has a metisd supervisor beaten its heartbeat in the last 10 seconds?"""
+        import time
+
+        h = self._header()
+        return bool(h["daemon_pid"]) and time.time_ns() - h["daemon_heartbeat_ns"] < 10**10
+
+    def _after_fork_in_child(self) -> None:
+        if not self.closed:
+            self._claim_slot()
+
+
+def _serializer_name(number: int) -> str:
+    return next(k for k, v in SERIALIZERS.items() if v == number)
+
+
+def _settings(
+    *, capacity: int | str, policy: str, max_key_size: int, max_value_size: int | str,
+    compress_threshold: int | str | None, serializer: str, default_ttl: float | str | None,
+    max_entries: int | None,
+) -> dict[str, int]:  # fmt: skip
+    """Validate the arguments; the header fields they become."""
+    if policy not in _engine.POLICIES:
+        raise InvalidConfig(
+            f"policy: {policy!r} is not valid; expected one of {sorted(_engine.POLICIES)}",
+            context={"field": "policy", "value": policy},
+        )
+    if serializer not in SERIALIZERS:
+        raise InvalidConfig(
+            f"serializer: {serializer!r} is not valid; expected one of {sorted(SERIALIZERS)}",
+            context={"field": "serializer", "value": serializer},
+        )
+    if not isinstance(max_key_size, int) or not 1 <= max_key_size <= 65536:
+        raise InvalidConfig(
+            f"max_key_size: {max_key_size!r} is not valid; expected 1 to 65536 bytes",
+            context={"field": "max_key_size", "value": max_key_size},
+        )
+    if max_entries is not None and (not isinstance(max_entries, int) or max_entries < 1):
+        raise InvalidConfig(
+            f"max_entries: {max_entries!r} is not valid; expected a positive int or None",
+            context={"field": "max_entries", "value": max_entries},
+        )
+    max_value = parse_size(max_value_size, "max_value_size")
+    if not 1 <= max_value < 2**31:
+        raise InvalidConfig(
+            f"max_value_size: {max_value_size!r} is not valid; expected 1 B to 2 GiB",
+            context={"field": "max_value_size", "value": max_value_size},
+        )
+    threshold = 0 if compress_threshold is None else parse_size(
+        compress_threshold, "compress_threshold"
+    )
+    ttl = 0.0 if default_ttl is None else parse_duration(default_ttl, "default_ttl")
+    if ttl < 0:
+        raise InvalidConfig(
+            f"default_ttl: {default_ttl!r} is not valid; expected a positive duration or None",
+            context={"field": "default_ttl", "value": default_ttl},
+        )
+    parse_size(capacity, "capacity")
+    return {
+        "policy": _engine.POLICIES[policy],
+        "max_key_size": max_key_size,
+        "max_value_size": max_value,
+        "compress_threshold": min(threshold, 2**32 - 1),
+        "serializer": SERIALIZERS[serializer],
+        "default_ttl_ns": int(ttl * 1e9),
+    }
+
+
+def _warn_mismatch(
+    name: str, header: dict[str, Any], plan: dict[str, int], settings: dict[str, int],
+    *, explicit_capacity: bool,
+) -> None:  # fmt: skip
+    """Attaching keeps the segment's settings; say so when the caller asked otherwise.
+
+    Only settings the caller changed from their defaults count: a worker that
+    opens ``Cache("app")`` is not warned about what the daemon chose.
+    """
+    wanted = {k: v for k, v in settings.items() if _DEFAULT_SETTINGS.get(k) != v}
+    if explicit_capacity:
+        wanted["capacity"] = plan["capacity"]
+    differ = {k: (header.get(k), v) for k, v in wanted.items() if header.get(k) != v}
+    if differ:
+        log.warning(
+            "cache %r already exists; keeping its settings, not the ones asked for: %s",
+            name, ", ".join(f"{k}={have} (asked {want})" for k, (have, want) in differ.items()),
+        )
+
+
+_DEFAULT_SETTINGS = _settings(
+    capacity=DEFAULT_CAPACITY, policy="sieve", max_key_size=DEFAULT_MAX_KEY_SIZE,
+    max_value_size=DEFAULT_MAX_VALUE_SIZE, compress_threshold=DEFAULT_COMPRESS_THRESHOLD,
+    serializer="msgpack", default_ttl=None, max_entries=None,
+)
+
+
+def _reclaim_slots_after_fork() -> None:
+    for cache in list(_open_caches):
+        cache._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reclaim_slots_after_fork)

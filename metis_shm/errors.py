@@ -1,0 +1,155 @@
+"""Errors: every one is a MetisError with a stable ``code`` and a ``context``
+dict, and also subclasses the built-in exception that fits, so
+``except KeyError`` or ``except ValueError`` keep working.
+
+``ERROR_CLASSES`` is the one table from code to class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MetisError(Exception):
+    """Base of all Metis errors."""
+
+    code: ClassVar[str] = "METIS_ERROR"
+
+    def __init__(self, message: object = "", *, context: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.context: dict[str, Any] = dict(context or {})
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {super().__str__()}"
+
+
+class InvalidName(MetisError, ValueError):
+    """A cache name outside ``[A-Za-z0-9_.-]{1,64}``."""
+
+    code = "INVALID_NAME"
+
+
+class InvalidConfig(MetisError, ValueError):
+    """A setting with a value it cannot take; the message names the field."""
+
+    code = "INVALID_CONFIG"
+
+
+class InvalidKeyType(MetisError, TypeError):
+    """A key that is neither ``str`` nor ``bytes``."""
+
+    code = "INVALID_KEY_TYPE"
+
+
+class KeyTooLarge(MetisError, ValueError):
+    """A key longer than ``max_key_size`` bytes."""
+
+    code = "KEY_TOO_LARGE"
+
+
+class ValueTooLarge(MetisError, ValueError):
+    """An item bigger than ``max_value_size`` or than a shard can hold."""
+
+    code = "VALUE_TOO_LARGE"
+
+
+class KeyNotFound(MetisError, KeyError):
+    """``cache[key]``, ``del cache[key]``, ``pop`` or ``incr`` on an absent key."""
+
+    code = "KEY_NOT_FOUND"
+
+    def __init__(self, key: object = None, *, context: dict[str, Any] | None = None) -> None:
+        super().__init__(key, context={"key": key, **(context or {})})
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.args[0]!r}"
+
+
+class NotACounter(MetisError, TypeError):
+    """``incr``/``decr`` on a value that is not a 64-bit integer."""
+
+    code = "NOT_A_COUNTER"
+
+
+class CounterOverflow(MetisError, OverflowError):
+    """``incr``/``decr`` past the signed 64-bit range."""
+
+    code = "COUNTER_OVERFLOW"
+
+
+class SerializationFailed(MetisError, TypeError):
+    """A value the configured serializer cannot encode or decode."""
+
+    code = "SERIALIZATION_FAILED"
+
+
+class SegmentNotFound(MetisError, FileNotFoundError):
+    """Attaching (``create=False``) to a name with no segment."""
+
+    code = "SEGMENT_NOT_FOUND"
+
+
+class SegmentForeign(MetisError, OSError):
+    """The shared-memory object exists but is not a Metis segment."""
+
+    code = "SEGMENT_FOREIGN"
+
+
+class SegmentCorrupt(MetisError, OSError):
+    """A Metis segment that is truncated, unfinished or inconsistent."""
+
+    code = "SEGMENT_CORRUPT"
+
+
+class SegmentVersionMismatch(MetisError, OSError):
+    """A Metis segment of another layout version."""
+
+    code = "SEGMENT_VERSION"
+
+
+class SegmentPermission(MetisError, PermissionError):
+    """The segment exists but this user may not open it."""
+
+    code = "SEGMENT_PERMISSION"
+
+
+class ShmNoSpace(MetisError, OSError):
+    """The shared-memory file system has too little free space."""
+
+    code = "SHM_NO_SPACE"
+
+
+class CacheClosed(MetisError, ValueError):
+    """An operation on a closed ``Cache``."""
+
+    code = "CACHE_CLOSED"
+
+
+class LockUnrecoverable(MetisError, OSError):
+    """A shard lock that cannot be taken even after repair."""
+
+    code = "LOCK_UNRECOVERABLE"
+
+
+ERROR_CLASSES: dict[str, type[MetisError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidName,
+        InvalidConfig,
+        InvalidKeyType,
+        KeyTooLarge,
+        ValueTooLarge,
+        KeyNotFound,
+        NotACounter,
+        CounterOverflow,
+        SerializationFailed,
+        SegmentNotFound,
+        SegmentForeign,
+        SegmentCorrupt,
+        SegmentVersionMismatch,
+        SegmentPermission,
+        ShmNoSpace,
+        CacheClosed,
+        LockUnrecoverable,
+    )
+}

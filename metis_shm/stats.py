@@ -1,0 +1,91 @@
+"""Typed statistics read from the segment (``Cache.stats()``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# The order of the engine's per-shard tuples (Engine._raw_stats).
+_RAW_FIELDS = (
+    "hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes_used",
+    "capacity", "free_bytes", "largest_free", "lock_waits", "read_retries", "lock_recoveries",
+)  # fmt: skip
+
+
+class ShardStats(msgspec.Struct, frozen=True):
+    """Counters of one shard (hits/misses/read_retries summed over processes)."""
+
+    hits: int
+    misses: int
+    sets: int
+    deletes: int
+    evictions: int
+    expirations: int
+    items: int
+    bytes_used: int
+    capacity: int
+    free_bytes: int
+    largest_free: int
+    lock_waits: int
+    read_retries: int
+    lock_recoveries: int
+
+    @property
+    def fragmentation(self) -> float:
+        """Share of free bytes not in the largest free block (0.0 = none)."""
+        if self.free_bytes == 0:
+            return 0.0
+        return 1.0 - self.largest_free / self.free_bytes
+
+    @property
+    def hit_ratio(self) -> float:
+        """hits / (hits + misses), 0.0 before any read."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class Stats(ShardStats, frozen=True, kw_only=True):
+    """Totals over all shards, plus ``shards`` with each one's counters."""
+
+    name: str
+    policy: str
+    n_shards: int
+    segment_size: int
+    fragmentation_total: float = 0.0
+    shards: list[ShardStats] = []
+
+    @property
+    def fragmentation(self) -> float:
+        return self.fragmentation_total
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (derived ratios included)."""
+        d: dict[str, Any] = msgspec.structs.asdict(self)
+        d.pop("fragmentation_total")
+        d["fragmentation"] = self.fragmentation
+        d["hit_ratio"] = self.hit_ratio
+        d["shards"] = [
+            {**msgspec.structs.asdict(s), "fragmentation": s.fragmentation} for s in self.shards
+        ]
+        return d
+
+
+def build_stats(
+    raw: list[tuple[int, ...]], *, name: str, policy: str, segment_size: int
+) -> Stats:
+    """Stats from the engine's per-shard tuples."""
+    shards = [ShardStats(**dict(zip(_RAW_FIELDS, row, strict=True))) for row in raw]
+    totals = {f: sum(getattr(s, f) for s in shards) for f in _RAW_FIELDS}
+    # Fragmentation of the whole: free bytes outside each shard's largest block.
+    free = totals["free_bytes"]
+    frag = 1.0 - sum(s.largest_free for s in shards) / free if free else 0.0
+    return Stats(
+        **totals,
+        name=name,
+        policy=policy,
+        n_shards=len(shards),
+        segment_size=segment_size,
+        fragmentation_total=frag,
+        shards=shards,
+    )
