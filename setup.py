@@ -6,6 +6,7 @@ Environment switches:
                     with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
   METIS_ANNOTATE=1  write Cython's HTML annotation next to the sources
 """
+
 import os
 
 from Cython.Build import cythonize
@@ -24,7 +25,7 @@ else:
     compile_args += ["-O3"]
 if _flag("METIS_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    compile_args += san + ["-g"]
+    compile_args += [*san, "-g"]
     link_args += san
 
 extensions = [

@@ -124,7 +124,7 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
     plan["max_entries"] = max_entries
     plan["n_slots"] = n_slots
     plan["slot_size"] = _round_up(SLOT_HEADER_SIZE + n_shards * SLOT_COUNTERS_SIZE, 64)
-    plan["bitmap_stride"] = _round_up(arena // 64 + 1, 64)
+    plan["bitmap_stride"] = _round_up((arena + ARENA_RESERVED) // 64 + 1, 64)
     off = HEADER_SIZE
     plan["shards_offset"] = off
     off += <uint64_t>n_shards * SHARD_HEADER_SIZE
@@ -187,6 +187,7 @@ cdef class Engine:
     cdef SlotCounters *_counters
     cdef bint _shared_slot
     cdef object _codec
+    cdef uint32_t _sweep_shard
 
     def __dealloc__(self):
         self._unmap()
@@ -249,8 +250,7 @@ cdef class Engine:
         self._max_key = h.max_key_size
         self._compress_threshold = h.compress_threshold
         self._default_ttl_ns = h.default_ttl_ns
-        usable = h.shard_arena_size - ARENA_RESERVED
-        self._max_block = <uint32_t>usable
+        self._max_block = <uint32_t>h.shard_arena_size
         self._max_value = h.max_value_size
         if self._shards == NULL:
             self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
@@ -262,8 +262,12 @@ cdef class Engine:
             s.buckets = <uint32_t *>(self._base + h.index_offset
                                      + <uint64_t>i * h.index_buckets * 4)
             s.visited = <uint8_t *>(self._base + h.bitmap_offset + <uint64_t>i * h.bitmap_stride)
-            s.arena = self._base + h.arena_offset + <uint64_t>i * h.shard_arena_size
-            s.arena_size = h.shard_arena_size
+            # Offsets start at ARENA_RESERVED (0 means "none"), so the arena
+            # pointer sits that far before the shard's first byte: capacity
+            # is all usable, and no block ever starts below the reserve.
+            s.arena = self._base + h.arena_offset + <uint64_t>i * h.shard_arena_size \
+                - ARENA_RESERVED
+            s.arena_size = h.shard_arena_size + ARENA_RESERVED
             s.bucket_mask = h.index_buckets - 1
             s.policy = h.policy
             s.index = i
@@ -956,23 +960,29 @@ cdef class Engine:
             shard_unlock(s)
 
     def sweep(self, max_items=1024):
-        """Remove expired items, looking at about `max_items` per shard.
+        """Remove expired items, looking at no more than `max_items` items.
 
-        Resumes where the previous sweep of each shard stopped. Returns how
-        many items were removed.
+        Each shard resumes where its previous sweep stopped, and each call
+        starts at the shard after the one the last call ended on, so repeated
+        small sweeps cover the whole cache. Returns how many items went.
         """
-        cdef uint32_t i
-        cdef uint64_t removed = 0, budget = max_items
+        cdef uint32_t i, n
+        cdef uint64_t removed = 0, budget = max_items, examined = 0
         cdef ShardRef *s
         self._check_open()
-        for i in range(self._n_shards):
+        for n in range(self._n_shards):
+            if budget == 0:
+                break
+            i = self._sweep_shard
+            self._sweep_shard = (i + 1) % self._n_shards
             s = &self._shards[i]
             self._lock(s)
             do_write_begin(s)
             do_policy_drain(s)
-            removed += do_sweep(s, budget, metis_now_ns())
+            removed += do_sweep(s, budget, metis_now_ns(), &examined)
             do_write_end(s)
             shard_unlock(s)
+            budget -= examined
         return removed
 
     def check(self):

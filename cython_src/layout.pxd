@@ -153,7 +153,7 @@ cdef struct ShardRef:
     uint32_t *buckets
     char *arena
     uint8_t *visited
-    uint64_t arena_size
+    uint64_t arena_size     # end offset: ARENA_RESERVED + the shard's bytes
     uint32_t bucket_mask
     uint32_t policy
     uint32_t index

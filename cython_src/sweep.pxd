@@ -9,8 +9,13 @@ from layout cimport ShardRef, Item, item_at
 from item cimport item_expired, do_item_remove
 
 
-cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns) noexcept nogil:
-    """Look at about `budget` items; return how many expired items went."""
+cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns,
+                              uint64_t *examined_out) noexcept nogil:
+    """Look at up to `budget` items; return how many expired items went.
+
+    Stops mid-chain when the budget runs out; the cursor stays on that
+    bucket, so the next slice starts there again.
+    """
     cdef uint64_t examined = 0, removed = 0, visited_buckets = 0
     cdef uint64_t nb = <uint64_t>s.bucket_mask + 1
     cdef uint64_t b = s.sh.sweep_cursor % nb
@@ -20,6 +25,8 @@ cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns) noe
         link = &s.buckets[b]
         off = link[0]
         while off:
+            if examined >= budget:
+                break
             examined += 1
             if item_expired(item_at(s, off), now_ns):
                 do_item_remove(s, link, off)
@@ -28,7 +35,10 @@ cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns) noe
             else:
                 link = &item_at(s, off).hnext
             off = link[0]
+        if off:
+            break
         b = (b + 1) % nb
         visited_buckets += 1
     s.sh.sweep_cursor = b
+    examined_out[0] = examined
     return removed

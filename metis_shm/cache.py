@@ -8,6 +8,7 @@ process only; ``Cache.destroy(name)`` removes the segment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -79,14 +80,15 @@ class Cache(_engine.Engine):
             serializer=serializer, default_ttl=default_ttl, max_entries=max_entries,
         )  # fmt: skip
         cap = parse_size(capacity, "capacity")
-        n_shards = shards if shards is not None else default_shards(
-            cap, settings["max_value_size"]
-        )
-        if not isinstance(n_shards, int) or n_shards < 1 or n_shards & (n_shards - 1) \
-                or n_shards > MAX_SHARDS:
+        n_shards = shards if shards is not None else default_shards(cap, settings["max_value_size"])
+        if (
+            not isinstance(n_shards, int)
+            or n_shards < 1
+            or n_shards & (n_shards - 1)
+            or n_shards > MAX_SHARDS
+        ):
             raise InvalidConfig(
-                f"shards: {shards!r} is not valid; expected a power of two from 1 to "
-                f"{MAX_SHARDS}",
+                f"shards: {shards!r} is not valid; expected a power of two from 1 to {MAX_SHARDS}",
                 context={"field": "shards", "value": shards},
             )
         try:
@@ -100,8 +102,13 @@ class Cache(_engine.Engine):
                 self._format(plan, settings)
             else:
                 self._setup_views()
-                _warn_mismatch(self.name, opened.header or {}, plan, settings,
-                               explicit_capacity=capacity != DEFAULT_CAPACITY)
+                _warn_mismatch(
+                    self.name,
+                    opened.header or {},
+                    plan,
+                    settings,
+                    explicit_capacity=capacity != DEFAULT_CAPACITY,
+                )
         except BaseException:
             self._close_engine()
             if opened.created:
@@ -110,8 +117,9 @@ class Cache(_engine.Engine):
         finally:
             os.close(opened.fd)
         header = self._header()
-        self._codec_obj = Codec(_serializer_name(header["serializer"]),
-                                header["compress_threshold"])
+        self._codec_obj = Codec(
+            _serializer_name(header["serializer"]), header["compress_threshold"]
+        )
         self._set_codec(self._codec_obj)
         self._claim_slot()
         _open_caches.add(self)
@@ -131,10 +139,9 @@ class Cache(_engine.Engine):
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown modules may be gone: nothing left to tell.
+        with contextlib.suppress(Exception):
             self._close_engine()
-        except Exception:  # interpreter shutdown: nothing left to tell
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self)} items"
@@ -179,7 +186,7 @@ class Cache(_engine.Engine):
     def capacity(self) -> int:
         """Bytes available to items (all shards)."""
         h = self._header()
-        return int(h["n_shards"] * (h["shard_arena_size"] - _engine.SHARD_OVERHEAD))
+        return int(h["n_shards"] * h["shard_arena_size"])
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -235,8 +242,8 @@ def _settings(
             f"max_value_size: {max_value_size!r} is not valid; expected 1 B to 2 GiB",
             context={"field": "max_value_size", "value": max_value_size},
         )
-    threshold = 0 if compress_threshold is None else parse_size(
-        compress_threshold, "compress_threshold"
+    threshold = (
+        0 if compress_threshold is None else parse_size(compress_threshold, "compress_threshold")
     )
     ttl = 0.0 if default_ttl is None else parse_duration(default_ttl, "default_ttl")
     if ttl < 0:
@@ -271,14 +278,20 @@ def _warn_mismatch(
     if differ:
         log.warning(
             "cache %r already exists; keeping its settings, not the ones asked for: %s",
-            name, ", ".join(f"{k}={have} (asked {want})" for k, (have, want) in differ.items()),
+            name,
+            ", ".join(f"{k}={have} (asked {want})" for k, (have, want) in differ.items()),
         )
 
 
 _DEFAULT_SETTINGS = _settings(
-    capacity=DEFAULT_CAPACITY, policy="sieve", max_key_size=DEFAULT_MAX_KEY_SIZE,
-    max_value_size=DEFAULT_MAX_VALUE_SIZE, compress_threshold=DEFAULT_COMPRESS_THRESHOLD,
-    serializer="msgpack", default_ttl=None, max_entries=None,
+    capacity=DEFAULT_CAPACITY,
+    policy="sieve",
+    max_key_size=DEFAULT_MAX_KEY_SIZE,
+    max_value_size=DEFAULT_MAX_VALUE_SIZE,
+    compress_threshold=DEFAULT_COMPRESS_THRESHOLD,
+    serializer="msgpack",
+    default_ttl=None,
+    max_entries=None,
 )
 
 

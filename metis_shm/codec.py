@@ -66,9 +66,7 @@ def register_type(cls: type, type_id: int) -> None:
     analogue of gob's type registration).
     """
     if not 1 <= type_id <= 255:
-        raise InvalidConfig(
-            f"type_id must be 1..255, not {type_id}", context={"field": "type_id"}
-        )
+        raise InvalidConfig(f"type_id must be 1..255, not {type_id}", context={"field": "type_id"})
     known = _registry_by_id.get(type_id)
     if known is not None and known[0] is not cls:
         raise InvalidConfig(

@@ -62,8 +62,8 @@ def worker(
     n_workers: int,
     name: str,
     seconds: float,
-    start: mp.synchronize.Event,
-    results: mp.queues.Queue,
+    start: mp.synchronize.Barrier,
+    results: mp.queues.Queue[WorkerResult],
 ) -> None:
     """Body of worker ``index``: run the shared workload until the time is up."""
     pid = os.getpid()
@@ -71,7 +71,7 @@ def worker(
     reported: set[tuple[str, int]] = set()
     with Cache(name, create=False) as cache:
         say(f"worker {index} (pid {pid}) attached to cache {name!r}")
-        start.wait()
+        start.wait(timeout=60)  # every worker attached: go together
         deadline = time.monotonic() + seconds
         n = 0
         while time.monotonic() < deadline:
@@ -83,8 +83,9 @@ def worker(
             cache.set(status_key(index), {"worker": index, "pid": pid, "seq": n})
             res.sets += 1
             if n % 64 == index % 64:
-                cache.set(GREETING, {"text": f"hello from worker {index}", "worker": index,
-                                     "pid": pid})
+                cache.set(
+                    GREETING, {"text": f"hello from worker {index}", "worker": index, "pid": pid}
+                )
                 res.sets += 1
 
             # read the greeting and another worker's status
@@ -101,8 +102,10 @@ def worker(
                     reported.add((label, writer))
                     if len(reported) <= MAX_REPORTS:
                         extra = f" (seq {value['seq']})" if label == "status" else ""
-                        say(f"worker {index} (pid {pid}) read {label!r}{extra} written by "
-                            f"worker {writer} (pid {value['pid']})")
+                        say(
+                            f"worker {index} (pid {pid}) read {label!r}{extra} written by "
+                            f"worker {writer} (pid {value['pid']})"
+                        )
         res.seen_writers = len({w for _, w in reported})
     results.put(res)
 
@@ -110,10 +113,10 @@ def worker(
 def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
     """Print ``rows`` as a plain, right-aligned text table."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    say("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    say("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     say("  ".join("-" * w for w in widths))
     for r in rows:
-        say("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+        say("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def run(n_workers: int, seconds: float, capacity: str = "16MiB") -> int:
@@ -124,14 +127,17 @@ def run(n_workers: int, seconds: float, capacity: str = "16MiB") -> int:
     say(f"created cache {name!r} ({capacity}); starting {n_workers} workers for {seconds:g}s")
     procs: list[mp.process.BaseProcess] = []
     try:
-        start = ctx.Event()
-        results = ctx.Queue()
+        start = ctx.Barrier(n_workers + 1)
+        results: mp.queues.Queue[WorkerResult] = ctx.Queue()
         for i in range(n_workers):
-            p = ctx.Process(target=worker, args=(i, n_workers, name, seconds, start, results),
-                            name=f"metis-demo-{i}")
+            p: mp.process.BaseProcess = ctx.Process(
+                target=worker,
+                args=(i, n_workers, name, seconds, start, results),
+                name=f"metis-demo-{i}",
+            )
             p.start()
             procs.append(p)
-        start.set()
+        start.wait(timeout=60)
 
         got: list[WorkerResult] = []
         deadline = time.monotonic() + seconds + 30
@@ -154,24 +160,48 @@ def run(n_workers: int, seconds: float, capacity: str = "16MiB") -> int:
         say("")
         say("per worker:")
         print_table(
-            [(str(r.index), str(r.pid), f"{r.increments:,}", f"{r.sets:,}", f"{r.gets:,}",
-              f"{r.found:,}", str(r.seen_writers)) for r in got],
+            [
+                (
+                    str(r.index),
+                    str(r.pid),
+                    f"{r.increments:,}",
+                    f"{r.sets:,}",
+                    f"{r.gets:,}",
+                    f"{r.found:,}",
+                    str(r.seen_writers),
+                )
+                for r in got
+            ],
             ("worker", "pid", "incr", "sets", "gets", "found", "saw writers"),
         )
 
         st = cache.stats()
         say("")
         say(f"cache.stats() for {st.name!r} ({st.policy}, {st.n_shards} shards):")
-        fields = ("hits", "misses", "sets", "deletes", "evictions", "expirations", "items",
-                  "bytes_used", "capacity", "lock_waits", "read_retries", "lock_recoveries")
+        fields = (
+            "hits",
+            "misses",
+            "sets",
+            "deletes",
+            "evictions",
+            "expirations",
+            "items",
+            "bytes_used",
+            "capacity",
+            "lock_waits",
+            "read_retries",
+            "lock_recoveries",
+        )
         print_table([(f, f"{getattr(st, f):,}") for f in fields], ("stat", "total"))
 
         total_incr = sum(r.increments for r in got)
         total_ops = sum(r.increments + r.sets + r.gets for r in got)
         counter = cache.get(COUNTER)
         say("")
-        say(f"{total_ops:,} operations in {seconds:g}s "
-            f"({total_ops / seconds:,.0f} ops/s over {n_workers} processes)")
+        say(
+            f"{total_ops:,} operations in {seconds:g}s "
+            f"({total_ops / seconds:,.0f} ops/s over {n_workers} processes)"
+        )
         say(f"{COUNTER!r} = {counter:,}; sum of all workers' increments = {total_incr:,}")
         problems = cache.check()
         if problems:
@@ -201,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Worker processes sharing one Metis cache in shared memory.",
     )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    parser.add_argument("--seconds", type=float, default=2.0,
-                        help="how long each worker runs (default 2)")
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="how long each worker runs (default 2)"
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

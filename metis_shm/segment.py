@@ -44,8 +44,7 @@ def validate_name(name: object) -> str:
     """The name itself, or InvalidName saying what is allowed."""
     if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
         raise InvalidName(
-            f"cache name {name!r} is not valid: use 1 to 64 characters from "
-            f"A-Z a-z 0-9 _ . -",
+            f"cache name {name!r} is not valid: use 1 to 64 characters from A-Z a-z 0-9 _ . -",
             context={"name": name},
         )
     return name
@@ -137,8 +136,7 @@ def attach(name: str) -> Opened:
         ) from None
     except posix_ipc.PermissionsError as exc:
         raise SegmentPermission(
-            f"cannot open cache {name!r}: {exc} (segments are created mode 0600 by "
-            f"their owner)",
+            f"cannot open cache {name!r}: {exc} (segments are created mode 0600 by their owner)",
             context={"name": name},
         ) from exc
     fd = shm.fd
@@ -183,13 +181,11 @@ def _validate(name: str, header: dict[str, Any], size: int) -> None:
             f"cache {name!r} has segment layout version {header['layout_version']}; this "
             f"metis_shm reads version {_engine.LAYOUT}. Use the metis_shm version that "
             f"created it, or Cache.destroy({name!r}) (its contents are lost) and recreate",
-            context={"name": name, "found": header["layout_version"],
-                     "expected": _engine.LAYOUT},
+            context={"name": name, "found": header["layout_version"], "expected": _engine.LAYOUT},
         )
     if size < header["segment_size"]:
         raise SegmentCorrupt(
-            f"cache {name!r} is truncated: {size} bytes, its header says "
-            f"{header['segment_size']}",
+            f"cache {name!r} is truncated: {size} bytes, its header says {header['segment_size']}",
             context={"name": name, "size": size, "expected": header["segment_size"]},
         )
     try:

@@ -71,9 +71,7 @@ class Stats(ShardStats, frozen=True, kw_only=True):
         return d
 
 
-def build_stats(
-    raw: list[tuple[int, ...]], *, name: str, policy: str, segment_size: int
-) -> Stats:
+def build_stats(raw: list[tuple[int, ...]], *, name: str, policy: str, segment_size: int) -> Stats:
     """Stats from the engine's per-shard tuples."""
     shards = [ShardStats(**dict(zip(_RAW_FIELDS, row, strict=True))) for row in raw]
     totals = {f: sum(getattr(s, f) for s in shards) for f in _RAW_FIELDS}

@@ -30,8 +30,11 @@ def parse_size(value: int | str, field: str = "size") -> int:
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise _bad(field, value, "a size such as 4096, '64MiB' or '1GB' (units: B, KB, KiB, MB, "
-               "MiB, GB, GiB, TB, TiB)")
+    raise _bad(
+        field,
+        value,
+        "a size such as 4096, '64MiB' or '1GB' (units: B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)",
+    )
 
 
 def parse_duration(value: float | int | str, field: str = "duration") -> float:
@@ -44,8 +47,9 @@ def parse_duration(value: float | int | str, field: str = "duration") -> float:
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _DURATION_UNITS:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
-    raise _bad(field, value, "a duration such as 30, '250ms', '5m' or '2h' (units: us, ms, s, "
-               "m, h, d)")
+    raise _bad(
+        field, value, "a duration such as 30, '250ms', '5m' or '2h' (units: us, ms, s, m, h, d)"
+    )
 
 
 def format_size(n: int) -> str:
