@@ -188,6 +188,8 @@ cdef class Engine:
     cdef bint _shared_slot
     cdef object _codec
     cdef uint32_t _sweep_shard
+    cdef bint _closed
+    cdef int _lock_waiters
 
     def __dealloc__(self):
         self._unmap()
@@ -344,17 +346,21 @@ cdef class Engine:
     # ---- closing -----------------------------------------------------------
 
     def _close_engine(self):
-        if self._base != NULL:
+        if self._base != NULL and not self._closed:
             self._release_slot()
-        self._unmap()
+        self._closed = True
+        # A thread of ours may be waiting (GIL released) for a shard lock in
+        # this mapping: leave the unmapping to __dealloc__ then.
+        if self._lock_waiters == 0:
+            self._unmap()
 
     @property
     def closed(self):
         """True once close() has been called."""
-        return self._base == NULL
+        return self._closed or self._base == NULL
 
     cdef int _check_open(self) except -1:
-        if self._shards == NULL:
+        if self._closed or self._shards == NULL:
             raise _errors.CacheClosed("operation on a closed cache", context={})
         return 0
 
@@ -554,7 +560,10 @@ cdef class Engine:
     # ---- the write path ----------------------------------------------------
 
     cdef int _lock(self, ShardRef *s) except -1:
-        cdef int rc = shard_lock(s)
+        cdef int rc
+        self._lock_waiters += 1
+        rc = shard_lock(s)
+        self._lock_waiters -= 1
         if rc != 0:
             raise _errors.LockUnrecoverable(
                 f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
@@ -889,6 +898,7 @@ cdef class Engine:
         for i in range(self._n_shards):
             b = 0
             while b < nb:
+                self._check_open()  # the caller may close between batches
                 batch = self._bucket_keys(i, b, min(b + 256, nb))
                 b = min(b + 256, nb)
                 for key in batch:

@@ -27,6 +27,7 @@ DEFAULT_MAX_KEY_SIZE = 1024
 DEFAULT_MAX_VALUE_SIZE = "1MiB"
 DEFAULT_COMPRESS_THRESHOLD = "16KiB"
 MAX_SHARDS = 1024
+MAX_SHARD_BYTES = 2 << 30  # shard offsets are 32-bit
 
 _open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
 
@@ -39,6 +40,8 @@ def default_shards(capacity: int, max_value_size: int) -> int:
         want *= 2
     while want > 1 and capacity // want < max(2 * max_value_size, 64 * 1024):
         want //= 2
+    while capacity // want > MAX_SHARD_BYTES and want < MAX_SHARDS:
+        want *= 2
     return min(want, MAX_SHARDS)
 
 
@@ -91,6 +94,10 @@ class Cache(_engine.Engine):
                 f"shards: {shards!r} is not valid; expected a power of two from 1 to {MAX_SHARDS}",
                 context={"field": "shards", "value": shards},
             )
+        if create and not segment.exists(self.name):
+            # Say "not enough /dev/shm" before any layout limit: it is the
+            # error a user can act on.
+            segment.check_free_space(self.name, cap)
         try:
             plan = _engine.plan_layout(cap, n_shards, max_entries or 0)
         except ValueError as exc:
