@@ -487,7 +487,9 @@ cdef class Engine:
                 vlen = it.value_len
                 flags = it.flags
                 exp = it.expire_ns
-                if vlen <= self._max_block and \
+                # A torn length must not make us allocate gigabytes: no stored
+                # value is longer than max_value_size.
+                if vlen <= self._max_value and \
                         <uint64_t>off + ITEM_HEADER_SIZE + kv.n + vlen <= s.arena_size:
                     if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
                         memcpy(&ival, item_value(it), 8)
