@@ -859,10 +859,42 @@ cdef class Engine:
         return out
 
     def set_many(self, mapping, ttl=None):
-        """set() each key/value pair of `mapping` (a dict or pairs)."""
-        items = mapping.items() if hasattr(mapping, "items") else mapping
-        for key, value in items:
-            self.set(key, value, ttl)
+        """set() each key/value pair of `mapping` (a dict or pairs).
+
+        Every key is checked and every value encoded before anything is
+        stored, so a bad key or value raises and stores nothing.
+        """
+        cdef KeyView *kvs
+        cdef ValueView *vvs
+        cdef Py_ssize_t n, i
+        cdef uint64_t expire
+        self._check_open()
+        pairs = list(mapping.items() if hasattr(mapping, "items") else mapping)
+        n = len(pairs)
+        if n == 0:
+            return None
+        kvs = <KeyView *>malloc(n * sizeof(KeyView))
+        vvs = <ValueView *>malloc(n * sizeof(ValueView))
+        kept = []
+        try:
+            if kvs == NULL or vvs == NULL:
+                raise MemoryError()
+            for i in range(n):
+                key, value = pairs[i]
+                self._key(key, &kvs[i])
+                kept.append(key)
+                kept.append(self._value(value, &vvs[i]))
+                self._check_size(&kvs[i], &vvs[i])
+            if self._expiry(ttl, &expire):
+                for i in range(n):
+                    self._remove(&kvs[i])
+                return None
+            for i in range(n):
+                self._store(&kvs[i], &vvs[i], expire, MODE_SET)
+        finally:
+            free(kvs)
+            free(vvs)
+        return None
 
     def delete_many(self, keys):
         """Delete each key; returns how many were removed."""

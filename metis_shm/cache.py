@@ -217,6 +217,14 @@ def _serializer_name(number: int) -> str:
     return next(k for k, v in SERIALIZERS.items() if v == number)
 
 
+def _setting_name(field: str, value: Any) -> Any:
+    """A header number as users spell it (policy 0 -> 'sieve')."""
+    table = {"policy": _engine.POLICIES, "serializer": SERIALIZERS}.get(field)
+    if table is None:
+        return value
+    return next((k for k, v in table.items() if v == value), value)
+
+
 def _settings(
     *, capacity: int | str, policy: str, max_key_size: int, max_value_size: int | str,
     compress_threshold: int | str | None, serializer: str, default_ttl: float | str | None,
@@ -281,7 +289,11 @@ def _warn_mismatch(
     wanted = {k: v for k, v in settings.items() if _DEFAULT_SETTINGS.get(k) != v}
     if explicit_capacity:
         wanted["capacity"] = plan["capacity"]
-    differ = {k: (header.get(k), v) for k, v in wanted.items() if header.get(k) != v}
+    differ = {
+        k: (_setting_name(k, header.get(k)), _setting_name(k, v))
+        for k, v in wanted.items()
+        if header.get(k) != v
+    }
     if differ:
         log.warning(
             "cache %r already exists; keeping its settings, not the ones asked for: %s",

@@ -84,7 +84,7 @@ def verify_value(key: str | bytes, value: Any) -> str:
     klen, _pid, _version, plen = _HEAD.unpack_from(body)
     if _HEAD.size + klen + plen != len(body):
         return TORN
-    if body[_HEAD.size:_HEAD.size + klen] != _key_bytes(key):
+    if body[_HEAD.size : _HEAD.size + klen] != _key_bytes(key):
         return FOREIGN
     return OK
 
@@ -128,7 +128,7 @@ class ForkedChild:
                     code = 1
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(w, view):]
+                    view = view[os.write(w, view) :]
             finally:
                 os._exit(code)
         os.close(w)

@@ -76,8 +76,7 @@ def _no_segments_left() -> Iterator[None]:
     yield
     left = sorted(glob.glob(os.path.join(SHM_DIR, f"metis.{SEGMENT_PREFIX}*")))
     for path in left:
-        name = os.path.basename(path)[len("metis."):]
+        name = os.path.basename(path)[len("metis.") :]
         Cache.destroy(name)
     if left:
         warnings.warn(f"tests left {len(left)} segments behind: {left[:5]}", stacklevel=1)
-

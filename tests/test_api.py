@@ -21,6 +21,11 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
+def assert_capacity(reported: int, asked: int) -> None:
+    """stats().capacity is the room for items: the bytes asked for, less a little alignment."""
+    assert 0.99 * asked <= reported <= asked, (reported, asked)
+
+
 # --------------------------------------------------------------------------
 # get / set / add / replace / delete / pop / touch
 # --------------------------------------------------------------------------
@@ -301,12 +306,24 @@ def test_stats_fields(cache: Cache, cache_name: str) -> None:
     assert s.n_shards >= 1
     assert s.n_shards & (s.n_shards - 1) == 0
     assert len(s.shards) == s.n_shards
-    assert s.capacity == 8 << 20
+    assert_capacity(s.capacity, 8 << 20)
     assert s.segment_size >= s.capacity
     assert os.stat(shm_path(cache_name)).st_size == s.segment_size
     fields = [
-        "hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes_used",
-        "capacity", "free_bytes", "largest_free", "fragmentation", "lock_waits", "read_retries",
+        "hits",
+        "misses",
+        "sets",
+        "deletes",
+        "evictions",
+        "expirations",
+        "items",
+        "bytes_used",
+        "capacity",
+        "free_bytes",
+        "largest_free",
+        "fragmentation",
+        "lock_waits",
+        "read_retries",
         "lock_recoveries",
     ]
     for f in fields:
@@ -430,7 +447,7 @@ def test_attach_settings_win(cache_name: str, caplog: pytest.LogCaptureFixture) 
             Cache(cache_name, capacity="16MiB", shards=8, policy="lru") as second,
         ):
             s = second.stats()
-            assert s.capacity == 8 << 20
+            assert_capacity(s.capacity, 8 << 20)
             assert s.n_shards == 2
             assert s.policy == "sieve"
             assert second.get("k") == b"v"
@@ -451,7 +468,7 @@ _CHILD = textwrap.dedent(
     with Cache(sys.argv[1], create=False) as c:
         out = {"str": c.get("str"), "list": c.get("list"), "n": c.incr("n"),
                "bytes": c.get(b"bytes").hex(), "len": len(c)}
-        c.set("from_child", {"pid": __import__("os").getpid()})
+        c.set("from_child", {"argv": sys.argv[1:]})
     print(json.dumps(out))
     """
 )
@@ -471,10 +488,9 @@ def test_second_process_subprocess(cache: Cache, cache_name: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out == {"str": "hello", "list": [1, 2, {"x": "y"}], "n": 42, "bytes": "0001ff",
-                   "len": 4}
+    assert out == {"str": "hello", "list": [1, 2, {"x": "y"}], "n": 42, "bytes": "0001ff", "len": 4}
     assert cache.get("n") == 42
-    assert cache.get("from_child") == {"pid": proc.pid}
+    assert cache.get("from_child") == {"argv": [cache_name]}
     assert len(cache) == 5
 
 
@@ -508,7 +524,7 @@ def test_eviction_by_bytes(cache_name: str) -> None:
         assert len(c) < n
         assert s.items == len(c)
         assert s.evictions > 0
-        assert s.capacity == capacity
+        assert_capacity(s.capacity, capacity)
         assert s.bytes_used <= capacity
         assert c.check() == []
         # the newest item survives

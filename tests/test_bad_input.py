@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from _workers import shm_path
+from _workers import SHM_DIR, shm_path
 
 import metis_shm
 from metis_shm import (
@@ -112,6 +112,25 @@ BAD_KEYS = [
     pytest.param(True, id="bool"),
 ]
 
+
+class OneItem(Mapping[Any, Any]):
+    """A mapping of one item that takes any key, even an unhashable one."""
+
+    def __init__(self, key: Any, value: Any) -> None:
+        self.key, self.value = key, value
+
+    def __getitem__(self, key: Any) -> Any:
+        if key is self.key:
+            return self.value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self.key])
+
+    def __len__(self) -> int:
+        return 1
+
+
 KEY_CALLS: list[tuple[str, Callable[[Cache, Any], Any]]] = [
     ("get", lambda c, k: c.get(k)),
     ("set", lambda c, k: c.set(k, b"v")),
@@ -127,7 +146,7 @@ KEY_CALLS: list[tuple[str, Callable[[Cache, Any], Any]]] = [
     ("setitem", lambda c, k: c.__setitem__(k, b"v")),
     ("delitem", lambda c, k: c.__delitem__(k)),
     ("get_many", lambda c, k: c.get_many(["a", k])),
-    ("set_many", lambda c, k: c.set_many({k: b"v"})),
+    ("set_many", lambda c, k: c.set_many(OneItem(k, b"v"))),
     ("delete_many", lambda c, k: c.delete_many([k])),
 ]
 
@@ -141,9 +160,24 @@ def test_invalid_key_type(
     assert isinstance(exc, TypeError)
 
 
-def test_invalid_key_type_in_set_many_stores_nothing(full: Cache) -> None:
-    """A bad key anywhere in the mapping: nothing of the mapping is stored."""
-    expect(InvalidKeyType, lambda: full.set_many({"ok1": b"v", 5: b"v", "ok2": b"v"}))
+@pytest.mark.parametrize(
+    ("error", "bad_item"),
+    [
+        pytest.param(InvalidKeyType, (5, b"v"), id="key-type"),
+        pytest.param(KeyTooLarge, ("k" * 2000, b"v"), id="key-size"),
+        pytest.param(ValueTooLarge, ("huge", os.urandom(2 << 20)), id="value-size"),
+        pytest.param(SerializationFailed, ("obj", object()), id="serialization"),
+    ],
+)
+def test_set_many_failing_item_stores_nothing(
+    full: Cache, error: type[MetisError], bad_item: tuple[Any, Any]
+) -> None:
+    """A bad item anywhere in the mapping: the call fails and nothing of it is stored."""
+    mapping = {"ok1": b"v", bad_item[0]: bad_item[1], "ok2": b"v", "a": b"changed"}
+    expect(error, lambda: full.set_many(mapping))
+    assert "ok1" not in full
+    assert "ok2" not in full
+    assert full.get("a") == b"1"
 
 
 LONG_STR = "x" * 1025
@@ -152,8 +186,11 @@ LONG_UTF8 = "é" * 513  # 1026 bytes in UTF-8, 513 characters
 
 @pytest.mark.parametrize(
     "key",
-    [pytest.param(LONG_STR, id="str"), pytest.param(LONG_STR.encode(), id="bytes"),
-     pytest.param(LONG_UTF8, id="utf8")],
+    [
+        pytest.param(LONG_STR, id="str"),
+        pytest.param(LONG_STR.encode(), id="bytes"),
+        pytest.param(LONG_UTF8, id="utf8"),
+    ],
 )
 @pytest.mark.parametrize(
     ("op", "call"),
@@ -389,10 +426,24 @@ def test_segment_header_is_magic_then_version(cache_name: str) -> None:
     assert struct.unpack("<I", head[8:12])[0] >= 1
 
 
-def test_shm_no_space(cache_name: str) -> None:
-    exc = expect(ShmNoSpace, lambda: Cache(cache_name, capacity="100TiB"))
+def _twice_the_free_shm() -> int:
+    st = os.statvfs(SHM_DIR)
+    return max(2 * st.f_bavail * st.f_frsize, 1 << 30) // (1 << 30) * (1 << 30)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "shards"),
+    [
+        pytest.param("100TiB", None, id="100TiB"),
+        pytest.param(_twice_the_free_shm(), None, id="twice-free-auto-shards"),
+        pytest.param("1TiB", 1024, id="1TiB-1024-shards"),
+    ],
+)
+def test_shm_no_space(cache_name: str, capacity: int | str, shards: int | None) -> None:
+    exc = expect(ShmNoSpace, lambda: Cache(cache_name, capacity=capacity, shards=shards))
     assert isinstance(exc, OSError)
     assert re.search(r"\d", str(exc)), f"no size in the message: {exc}"
+    assert "missing" in str(exc).lower(), f"the message should say how much is missing: {exc}"
     assert not os.path.exists(shm_path(cache_name))
     assert not Cache.exists(cache_name)
     # the name is free for a cache that fits

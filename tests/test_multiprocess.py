@@ -16,8 +16,9 @@ import sys
 import time
 from typing import Any
 
-if __name__ == "__main__":  # run as a script: make the helpers importable
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":  # run as a script: make the helpers (and an in-place build) importable
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [_here, os.path.dirname(_here)]
 
 import pytest
 from _workers import mixed_loop, new_name, run_in_fork, verify_value

@@ -18,15 +18,15 @@ SCRIPT = ROOT / "benchmarks" / "bench_ops.py"
 WORKLOADS = {"get-hit", "get-miss", "set", "mix"}
 SIZES = {100, 4096}
 PROCS = {1, 2}
-NUMBERS = ("metis_ns", "floor_ns", "dict_ns", "metis_floor_ratio", "metis_dict_ratio",
-           "ops_per_s")
+NUMBERS = ("metis_ns", "floor_ns", "dict_ns", "metis_floor_ratio", "metis_dict_ratio", "ops_per_s")
 
 
 def test_bench_ops_quick_writes_all_rows(tmp_path: Path) -> None:
     out = tmp_path / "bench_ops.json"
     cmd = [sys.executable, str(SCRIPT), "--quick", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=_env(), check=False)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=_env(), check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "metis/floor" in proc.stdout
     assert "read scaling" in proc.stdout

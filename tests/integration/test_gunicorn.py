@@ -18,6 +18,7 @@ destroyed in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,9 +69,7 @@ class Server:
 
     def start(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         env["METIS_CACHE_NAME"] = self.cache_name
         env["METIS_CACHE_CAPACITY"] = "8MiB"
         env["METIS_DESTROY_ON_EXIT"] = "1"
@@ -78,11 +77,17 @@ class Server:
         env.pop("METIS_WORKERS", None)
         self.port = free_port()
         cmd = [
-            sys.executable, "-m", "gunicorn",
-            "-c", "gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(WORKERS),
-            "--log-level", "info",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(WORKERS),
+            "--log-level",
+            "info",
             "app:application",
         ]
         if self.preload:
@@ -90,7 +95,11 @@ class Server:
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
-            cmd, cwd=APP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=APP_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -125,8 +134,7 @@ class Server:
                 last_error = exc
             time.sleep(0.1)
         pytest.fail(
-            f"gunicorn did not answer within {START_TIMEOUT}s ({last_error!r})\n"
-            + self.log_text()
+            f"gunicorn did not answer within {START_TIMEOUT}s ({last_error!r})\n" + self.log_text()
         )
         return False  # not reached
 
@@ -164,10 +172,8 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT)
         for pid in worker_pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _children(pid: int) -> list[int]:
@@ -234,8 +240,7 @@ def test_value_written_once_is_seen_by_every_worker(server: Server) -> None:
 
     pids, sent = _until_pids(server, "/get?key=greeting", check, want_pids=3)
     assert len(pids) >= 3, (
-        f"only {len(pids)} distinct workers answered {sent} requests: {pids}\n"
-        + server.log_text()
+        f"only {len(pids)} distinct workers answered {sent} requests: {pids}\n" + server.log_text()
     )
     assert pids <= set(_children(server.proc.pid)) | {writer_pid}
 
