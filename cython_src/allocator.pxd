@@ -16,7 +16,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 from layout cimport (ShardRef, FreeBlock, ARENA_RESERVED, MIN_BLOCK, N_BINS,
                      BLOCK_USED, BLOCK_PREV_FREE, BLOCK_MARK, block_size)
-from includes.sync cimport METIS_CRASH_POINT
+from includes.sync cimport METIS_CRASH_POINT, metis_store_release_u32
 
 cdef extern from *:
     int __builtin_clz(unsigned int x) nogil
@@ -106,7 +106,9 @@ cdef inline uint32_t do_alloc(ShardRef *s, uint32_t size) noexcept nogil:
         set_footer(s, rest, rem)
         do_bin_insert(s, rest, rem)
         METIS_CRASH_POINT(1)
-        hdr_word(s, off)[0] = size | BLOCK_USED | (hdr & BLOCK_PREV_FREE)
+        # Release: the remainder's header is in memory before the block
+        # shrinks onto it (the compiler may not reorder the two).
+        metis_store_release_u32(hdr_word(s, off), size | BLOCK_USED | (hdr & BLOCK_PREV_FREE))
     else:
         size = fsize
         hdr_word(s, off)[0] = size | BLOCK_USED | (hdr & BLOCK_PREV_FREE)
@@ -130,13 +132,13 @@ cdef inline void do_free(ShardRef *s, uint32_t off) noexcept nogil:
         if not (nhdr & BLOCK_USED):
             do_bin_remove(s, nxt)
             total += nhdr & ~(<uint32_t>7)
-            hdr_word(s, off)[0] = total | (hdr & BLOCK_PREV_FREE)
+            metis_store_release_u32(hdr_word(s, off), total | (hdr & BLOCK_PREV_FREE))
     if hdr & BLOCK_PREV_FREE:
         psize = (<uint32_t *>(s.arena + off - 4))[0]
         start = off - psize
         do_bin_remove(s, start)
         total += psize
-        hdr_word(s, start)[0] = total
+        metis_store_release_u32(hdr_word(s, start), total)
     set_footer(s, start, total)
     do_bin_insert(s, start, total)
     nxt = start + total

@@ -105,25 +105,34 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
         problems.append(f"{where}: {used_blocks} used blocks, {len(indexed)} indexed (leak)")
     if len(indexed) != s.sh.items:
         problems.append(f"{where}: items is {s.sh.items}, index holds {len(indexed)}")
-    # The policy queue holds exactly the indexed items.
-    off = s.sh.q_head
-    nxt = 0
-    steps = 0
-    while off:
-        if off not in indexed:
-            problems.append(f"{where}: queue holds {off}, not an indexed item")
-            break
-        if item_at(s, off).qprev != nxt:
-            problems.append(f"{where}: queue back link broken at {off}")
-        nxt = off
-        off = item_at(s, off).qnext
-        steps += 1
-        if steps > len(indexed):
-            problems.append(f"{where}: queue loops")
-            break
-    if nxt != s.sh.q_tail:
-        problems.append(f"{where}: queue tail is {s.sh.q_tail}, walk ends at {nxt}")
-    if steps != s.sh.q_count or steps != len(indexed):
-        problems.append(f"{where}: queue has {steps} items, count {s.sh.q_count}, "
-                        f"index {len(indexed)}")
+    # The policy queues hold exactly the indexed items, each once.
+    queued = 0
+    for q in range(4):
+        off = s.sh.lists[q].head
+        nxt = 0
+        steps = 0
+        while off:
+            if off not in indexed:
+                problems.append(f"{where}: queue {q} holds {off}, not an indexed item")
+                break
+            if (item_at(s, off).qaux & 3) != q:
+                problems.append(f"{where}: item {off} is in queue {q} but says "
+                                f"{item_at(s, off).qaux & 3}")
+            if item_at(s, off).qprev != nxt:
+                problems.append(f"{where}: queue {q} back link broken at {off}")
+            nxt = off
+            off = item_at(s, off).qnext
+            steps += 1
+            if steps > len(indexed):
+                problems.append(f"{where}: queue {q} loops")
+                break
+        if nxt != s.sh.lists[q].tail:
+            problems.append(f"{where}: queue {q} tail is {s.sh.lists[q].tail}, "
+                            f"walk ends at {nxt}")
+        if steps != s.sh.lists[q].count:
+            problems.append(f"{where}: queue {q} has {steps} items, count says "
+                            f"{s.sh.lists[q].count}")
+        queued += steps
+    if queued != len(indexed):
+        problems.append(f"{where}: queues hold {queued} items, index {len(indexed)}")
     return problems

@@ -29,10 +29,11 @@ from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
 from index cimport (INDEX_TORN, index_find_optimistic, do_index_find, do_index_insert,
                     do_index_replace)
 from item cimport item_expired, item_fill, do_item_remove, do_item_evict
-from policy cimport (policy_record_hit, do_policy_insert, do_policy_remove, do_policy_drain,
-                     do_policy_victim)
+from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_wants_drain,
+                     do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
+                     do_policy_victim, PENDING_ADMITTED)
 from sweep cimport do_sweep
-from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
+from shard cimport (shard_lock, shard_trylock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
                     do_shard_repair)
 from check cimport do_shard_check
 from includes.sync cimport *
@@ -57,7 +58,8 @@ LAYOUT = LAYOUT_VERSION
 HEADER_BYTES = HEADER_SIZE
 ITEM_OVERHEAD = ITEM_HEADER_SIZE
 SHARD_OVERHEAD = ARENA_RESERVED
-POLICIES = {"sieve": POLICY_SIEVE, "lru": POLICY_LRU}
+POLICIES = {"wtinylfu": POLICY_WTINYLFU, "sieve": POLICY_SIEVE, "lru": POLICY_LRU,
+            "arc": POLICY_ARC, "2q": POLICY_2Q, "s3fifo": POLICY_S3FIFO}
 CRASH_POINTS = 6
 
 cdef enum:
@@ -87,6 +89,33 @@ def set_crash_point(int point, long after=0):
     metis_crash_point = point
 
 
+cdef extern from *:
+    int metis_wtlfu_adaptive
+    double metis_wtlfu_sample_factor
+    double metis_wtlfu_initial_window
+    int metis_sketch_doorkeeper
+
+
+def set_policy_tuning(adaptive=None, sample_factor=None, initial_window=None,
+                      doorkeeper=None):
+    """Experiments only: W-TinyLFU's hill climber on/off, its sample size (in
+    multiples of the shard's entry capacity) and the initial window share.
+    Applies to shards reset (created or cleared) afterwards, in this process."""
+    global metis_wtlfu_adaptive, metis_wtlfu_sample_factor, metis_wtlfu_initial_window
+    global metis_sketch_doorkeeper
+    if doorkeeper is not None:
+        metis_sketch_doorkeeper = 1 if doorkeeper else 0
+    if adaptive is not None:
+        metis_wtlfu_adaptive = 1 if adaptive else 0
+    if sample_factor is not None:
+        metis_wtlfu_sample_factor = sample_factor
+    if initial_window is not None:
+        metis_wtlfu_initial_window = initial_window
+    return {"adaptive": bool(metis_wtlfu_adaptive), "sample_factor": metis_wtlfu_sample_factor,
+            "initial_window": metis_wtlfu_initial_window,
+            "doorkeeper": bool(metis_sketch_doorkeeper)}
+
+
 cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept:
     cdef uint64_t p = 1
     while p < n:
@@ -98,10 +127,10 @@ cdef inline uint64_t _round_up(uint64_t n, uint64_t a) noexcept:
 
 
 def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
-                uint32_t n_slots=DEFAULT_SLOTS):
+                uint32_t n_slots=DEFAULT_SLOTS, uint32_t policy=POLICY_SIEVE):
     """Sizes and offsets of a segment: a dict, the same in every process."""
     cdef uint64_t arena = (capacity // n_shards) // ARENA_ALIGN * ARENA_ALIGN
-    cdef uint64_t buckets, per_shard_entries, off
+    cdef uint64_t buckets, per_shard_entries, off, entries, ghost_cap = 0, sketch_width = 0
     cdef dict plan = {}
     if n_shards == 0 or (n_shards & (n_shards - 1)):
         raise ValueError(f"shards must be a power of two, not {n_shards}")
@@ -116,6 +145,18 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
         per_shard_entries = (max_entries + n_shards - 1) // n_shards
         buckets = max(buckets, _pow2_at_least(per_shard_entries))
     buckets = min(buckets, <uint64_t>1 << 26)
+    # The policy's memory: ghosts for ARC/2Q/S3-FIFO, a sketch for W-TinyLFU,
+    # sized for the shard's capacity in entries (or the bucket count).
+    entries = (max_entries + n_shards - 1) // n_shards if max_entries else buckets
+    if policy == POLICY_ARC or policy == POLICY_2Q or policy == POLICY_S3FIFO:
+        ghost_cap = max(entries, 1)
+    if policy == POLICY_WTINYLFU:
+        sketch_width = _pow2_at_least(max(4 * entries, 64))
+    plan["ghost_cap"] = ghost_cap
+    plan["sketch_width"] = sketch_width
+    plan["policy_stride"] = _round_up(
+        ghost_cap * 16 + (_pow2_at_least(4 * ghost_cap) * 4 if ghost_cap else 0)
+        + sketch_width * 3, 64)
     plan["capacity"] = arena * n_shards
     plan["n_shards"] = n_shards
     plan["shard_shift"] = 40
@@ -133,7 +174,9 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
     plan["index_offset"] = off
     off = _round_up(off + <uint64_t>n_shards * buckets * 4, 64)
     plan["bitmap_offset"] = off
-    off = _round_up(off + <uint64_t>n_shards * plan["bitmap_stride"], 4096)
+    off = _round_up(off + <uint64_t>n_shards * plan["bitmap_stride"], 64)
+    plan["policy_offset"] = off
+    off = _round_up(off + <uint64_t>n_shards * plan["policy_stride"], 4096)
     plan["arena_offset"] = off
     off += arena * n_shards
     plan["segment_size"] = _round_up(off, 4096)
@@ -238,6 +281,9 @@ cdef class Engine:
                 raise OSError("cannot initialise a process-shared robust mutex")
             if plan["max_entries"]:
                 sh.max_items = (plan["max_entries"] + self._n_shards - 1) // self._n_shards
+            sh.ghost_cap = plan["ghost_cap"]
+            sh.ghost_table_mask = (_pow2_at_least(4 * sh.ghost_cap) - 1) if sh.ghost_cap else 0
+            sh.sketch_mask = plan["sketch_width"] - 1 if plan["sketch_width"] else 0
             do_shard_reset(&self._shards[i])
         memcpy(h.magic, <const char *>MAGIC, 8)
         metis_store_release_u32(&h.state, STATE_READY)
@@ -263,7 +309,14 @@ cdef class Engine:
             s.sh = <ShardHeader *>(self._base + h.shards_offset + <uint64_t>i * SHARD_HEADER_SIZE)
             s.buckets = <uint32_t *>(self._base + h.index_offset
                                      + <uint64_t>i * h.index_buckets * 4)
-            s.visited = <uint8_t *>(self._base + h.bitmap_offset + <uint64_t>i * h.bitmap_stride)
+            s.hints = <uint8_t *>(self._base + h.bitmap_offset + <uint64_t>i * h.bitmap_stride)
+            pol = self._base + h.policy_offset + <uint64_t>i * h.policy_stride
+            s.ghost_ring = <uint64_t *>pol
+            s.ghost_table = <uint32_t *>(pol + <uint64_t>h.ghost_cap * 16)
+            s.sketch = <uint8_t *>(pol + <uint64_t>h.ghost_cap * 16
+                                   + (_pow2_at_least(4 * h.ghost_cap) * 4 if h.ghost_cap else 0))
+            s.doorkeeper = s.sketch + <uint64_t>h.sketch_width * 2
+            s.sketch_width = h.sketch_width
             # Offsets start at ARENA_RESERVED (0 means "none"), so the arena
             # pointer sits that far before the shard's first byte: capacity
             # is all usable, and no block ever starts below the reserve.
@@ -489,7 +542,7 @@ cdef class Engine:
                 exp = it.expire_ns
                 # A torn length must not make us allocate gigabytes: no stored
                 # value is longer than max_value_size.
-                if vlen <= self._max_value and \
+                if (vlen <= self._max_value or vlen == 8) and \
                         <uint64_t>off + ITEM_HEADER_SIZE + kv.n + vlen <= s.arena_size:
                     if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
                         memcpy(&ival, item_value(it), 8)
@@ -507,6 +560,8 @@ cdef class Engine:
                 return default
             self._bump(&c.hits)
             policy_record_hit(s, off)
+            if policy_uses_ring(s) and policy_ring_wants_drain(s):
+                self._try_drain(s)
             if data is None:
                 return PyLong_FromLongLong(ival)
             return self._decode(flags, data)
@@ -561,6 +616,16 @@ cdef class Engine:
 
     # ---- the write path ----------------------------------------------------
 
+    cdef void _try_drain(self, ShardRef *s) noexcept:
+        """Apply the access ring now if nobody holds the lock (a reader that
+        finds the ring half full does this instead of letting hits drop)."""
+        if shard_trylock(s) != 0:
+            return
+        do_write_begin(s)
+        do_policy_drain(s)
+        do_write_end(s)
+        shard_unlock(s)
+
     cdef int _lock(self, ShardRef *s) except -1:
         cdef int rc
         self._lock_waiters += 1
@@ -586,7 +651,13 @@ cdef class Engine:
 
     cdef int _do_store(self, ShardRef *s, KeyView *kv, ValueView *vv, uint64_t expire,
                        int mode, uint64_t now) noexcept:
-        """Store under the lock, inside a write section. Returns R_*."""
+        """Store under the lock, inside a write section. Returns R_*.
+
+        A new key: admit (the policy consults ghosts or its sketch), evict
+        to the entry bound and to free memory, write the item, publish it.
+        A present key: write the new item, swap it in with one index store,
+        and the policy counts the set as a hit.
+        """
         cdef uint32_t *link
         cdef uint32_t old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         cdef uint32_t need = item_block_need(kv.n, vv.n), off, victim
@@ -599,12 +670,14 @@ cdef class Engine:
             return R_NOT_STORED
         if mode == MODE_REPLACE and not old:
             return R_NOT_STORED
-        if not old and s.sh.max_items:
-            while s.sh.items >= s.sh.max_items:
-                victim = do_policy_victim(s)
-                if victim == 0:
-                    break
-                do_item_evict(s, victim, now)
+        if not old:
+            do_policy_admit(s, kv.h)
+            if s.sh.max_items:
+                while s.sh.items >= s.sh.max_items:
+                    victim = do_policy_victim(s)
+                    if victim == 0:
+                        break
+                    do_item_evict(s, victim, now)
         off = do_alloc(s, need)
         while off == 0:
             victim = do_policy_victim(s)
@@ -622,11 +695,13 @@ cdef class Engine:
         if old:
             do_index_replace(s, link, item_at(s, old), off, it)
             METIS_CRASH_POINT(6)
-            do_policy_remove(s, old)
+            do_policy_replace(s, old, off)
             do_free(s, old)
         else:
+            if not (s.sh.pending & PENDING_ADMITTED):
+                do_policy_admit(s, kv.h)
             do_index_insert(s, off, it)
-        do_policy_insert(s, off)
+            do_policy_insert(s, off)
         s.sh.sets += 1
         return R_DONE
 
@@ -715,7 +790,7 @@ cdef class Engine:
         self._key(key, &kv)
         kept = self._value(value, &vv)
         if self._expiry(ttl, &expire):
-            return False
+            return False  # an item expired on arrival is never added
         return self._store(&kv, &vv, expire, MODE_ADD) == R_DONE
 
     def replace(self, key, value, ttl=None):
@@ -830,6 +905,10 @@ cdef class Engine:
             r = self._do_store(s, &kv, &vv, expire, MODE_SET, now)
         do_write_end(s)
         shard_unlock(s)
+        if r == R_NO_ROOM:
+            raise _errors.ValueTooLarge(
+                f"no room for counter {key!r} in shard {s.index}",
+                context={"size": 8, "limit": self._max_block})
         if r == R_MISSING:
             raise _errors.KeyNotFound(key)
         if r == R_NOT_COUNTER:
@@ -951,6 +1030,11 @@ cdef class Engine:
         for attempt in range(OPTIMISTIC_TRIES + 1):
             locked = attempt == OPTIMISTIC_TRIES
             if locked:
+                # We build Python objects under the lock: a finalizer run by
+                # the GC must not re-enter this shard (the mutex is not
+                # recursive), so the GC waits.
+                gc_was_enabled = gc.isenabled()
+                gc.disable()
                 self._lock(s)
             s1 = metis_load_acquire_u64(&s.sh.seq)
             if s1 & 1 and not locked:
@@ -983,6 +1067,8 @@ cdef class Engine:
                     break
             if locked:
                 shard_unlock(s)
+                if gc_was_enabled:
+                    gc.enable()
                 return out
             metis_fence_acquire()
             if not torn and metis_load_relaxed_u64(&s.sh.seq) == s1:
@@ -1057,7 +1143,7 @@ cdef class Engine:
         return problems
 
     def _repair_shard(self, uint32_t shard):
-        """Rebuild one shard as after a dead writer (used by tests and `metis check`)."""
+        """Rebuild one shard as after a dead writer (tests; operators' last resort)."""
         cdef ShardRef *s = &self._shards[shard]
         self._lock(s)
         do_shard_repair(s)

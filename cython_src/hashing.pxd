@@ -1,7 +1,7 @@
 # The key hash: 64 bits, the same in every process and every run (Python's
 # hash() is seeded per process, so it cannot pick a shard in shared memory).
 # A multiply-rotate mix over 8-byte words with the murmur3 64-bit finalizer.
-# The top bits pick the shard, the low bits the index bucket.
+# Bits 40 and up pick the shard (shard_shift), the low bits the bucket.
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 

@@ -37,18 +37,19 @@ cdef inline void item_fill(Item *it, uint64_t version, uint64_t h, uint64_t expi
 cdef inline void do_item_remove(ShardRef *s, uint32_t *link, uint32_t off) noexcept nogil:
     """Unlink (the commit), leave the policy queue, free the block."""
     do_index_unlink(s, link, item_at(s, off))
-    do_policy_remove(s, off)
+    do_policy_remove(s, off, False)
     do_free(s, off)
 
 cdef inline void do_item_evict(ShardRef *s, uint32_t off, uint64_t now_ns) noexcept nogil:
-    """Remove a policy victim; an expired victim counts as an expiration."""
+    """Remove a policy victim; an expired victim counts as an expiration (and
+    leaves no ghost: it was not pushed out by the policy)."""
     cdef uint32_t *link = do_index_link_of(s, off)
-    if item_expired(item_at(s, off), now_ns):
+    cdef bint expired = item_expired(item_at(s, off), now_ns)
+    if expired:
         s.sh.expirations += 1
     else:
         s.sh.evictions += 1
     if link != NULL:
-        do_item_remove(s, link, off)
-    else:
-        do_policy_remove(s, off)
-        do_free(s, off)
+        do_index_unlink(s, link, item_at(s, off))
+    do_policy_remove(s, off, not expired)
+    do_free(s, off)

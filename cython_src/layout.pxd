@@ -45,6 +45,10 @@ cdef enum:
 
     POLICY_SIEVE = 0
     POLICY_LRU = 1
+    POLICY_WTINYLFU = 2
+    POLICY_ARC = 3
+    POLICY_2Q = 4
+    POLICY_S3FIFO = 5
 
 cdef struct SegmentHeader:
     char magic[8]
@@ -58,6 +62,8 @@ cdef struct SegmentHeader:
     uint64_t slots_offset
     uint64_t index_offset
     uint64_t bitmap_offset
+    uint64_t policy_offset
+    uint64_t policy_stride
     uint64_t arena_offset
     uint64_t created_ns
     uint64_t daemon_heartbeat_ns
@@ -78,6 +84,14 @@ cdef struct SegmentHeader:
     uint32_t flags
     uint32_t state
     uint32_t bitmap_stride
+    uint32_t ghost_cap
+    uint32_t sketch_width
+
+cdef struct PolicyList:
+    uint32_t head           # newest
+    uint32_t tail           # oldest
+    uint32_t count
+    uint32_t _pad
 
 cdef struct ShardHeader:
     # The robust mutex: writers only.
@@ -103,18 +117,34 @@ cdef struct ShardHeader:
     uint32_t bin_heads[32]
     uint32_t bin_bitmap
     uint32_t _pad_alloc[15]
-    # Policy queue.
-    uint32_t q_head
-    uint32_t q_tail
-    uint32_t q_hand
-    uint32_t q_count
-    uint32_t _pad_policy[12]
+    # Policy state (policy.pxd): up to four queues and what the policies
+    # keep beside them. 256 bytes.
+    PolicyList lists[4]
+    uint32_t hand           # SIEVE's hand
+    uint32_t target         # ARC: p; W-TinyLFU: window maximum; 2Q/S3-FIFO: unused
+    uint32_t protected_max  # W-TinyLFU: protected segment maximum
+    uint32_t pending        # PENDING_* bits: what admit() learnt about the key
+    uint64_t sample_hits    # W-TinyLFU hill climber
+    uint64_t sample_misses
+    double prev_hit_rate
+    double step_size
+    uint64_t sketch_additions
+    uint64_t sketch_sample
+    uint32_t sketch_mask
+    uint32_t ghost_cap
+    uint32_t ghost_table_mask
+    uint32_t rng
+    uint64_t ghost_head[2]  # next sequence number written, per ghost ring
+    uint64_t ghost_tail[2]  # oldest sequence number still in the ring
+    uint32_t ghost_count[2]
+    int64_t adjustment
+    uint64_t climb_sample   # W-TinyLFU: requests per hill-climbing sample
+    char _pad_policy[56]
     # Access ring: written by readers without the lock, drained by writers.
     uint64_t ring_pos
     uint64_t ring_drained
     uint64_t _pad_ring[6]
     uint32_t ring[64]
-    char _reserved[192]
 
 cdef struct SlotHeader:
     uint32_t pid
@@ -140,7 +170,7 @@ cdef struct Item:
     uint32_t flags
     uint32_t qprev          # policy queue links
     uint32_t qnext
-    uint32_t qaux
+    uint32_t qaux           # policy: which queue (QUEUE_MASK bits)
 
 cdef struct FreeBlock:
     uint32_t block
@@ -152,7 +182,12 @@ cdef struct ShardRef:
     ShardHeader *sh
     uint32_t *buckets
     char *arena
-    uint8_t *visited
+    uint8_t *hints          # one byte per 64 arena bytes: the item at off owns hints[off >> 6]
+    uint64_t *ghost_ring    # 2 rings of ghost_cap hashes (ARC, 2Q, S3-FIFO)
+    uint32_t *ghost_table   # open addressing: 1 + ring slot, 0 = empty
+    uint8_t *sketch         # W-TinyLFU: 4 rows of sketch_width 4-bit counters
+    uint8_t *doorkeeper     # W-TinyLFU: sketch_width bytes of bloom bits
+    uint32_t sketch_width
     uint64_t arena_size     # end offset: ARENA_RESERVED + the shard's bytes
     uint32_t bucket_mask
     uint32_t policy

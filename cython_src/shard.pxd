@@ -17,7 +17,7 @@ from libc.string cimport memset
 from layout cimport (ShardRef, Item, item_at, ARENA_RESERVED, ITEM_HEADER_SIZE, MAX_CHAIN,
                      BLOCK_USED, BLOCK_PREV_FREE, BLOCK_MARK, MIN_BLOCK)
 from allocator cimport hdr_word, alloc_init, alloc_rebuild, block_header_ok
-from policy cimport do_policy_reset, do_queue_push_head
+from policy cimport do_policy_reset, do_queue_push_head, policy_rebuild_queue
 from includes.sync cimport (metis_mutex_lock, metis_mutex_trylock, metis_mutex_unlock,
                             metis_mutex_consistent, metis_load_relaxed_u64,
                             metis_store_relaxed_u64, metis_store_release_u64,
@@ -58,6 +58,16 @@ cdef inline int shard_lock(ShardRef *s) noexcept:
         s.sh.lock_waits += 1
     return rc
 
+cdef inline int shard_trylock(ShardRef *s) noexcept:
+    """Take the lock only if free: 0, or EBUSY (repairs like shard_lock)."""
+    cdef int rc = metis_mutex_trylock(s.sh.lock)
+    if rc == EOWNERDEAD:
+        do_shard_repair(s)
+        metis_mutex_consistent(s.sh.lock)
+        s.sh.lock_recoveries += 1
+        rc = 0
+    return rc
+
 cdef inline void shard_unlock(ShardRef *s) noexcept nogil:
     metis_mutex_unlock(s.sh.lock)
 
@@ -65,7 +75,7 @@ cdef inline void shard_unlock(ShardRef *s) noexcept nogil:
 cdef inline void do_shard_reset(ShardRef *s) noexcept nogil:
     """Empty the shard (clear): one free block, empty index and queue."""
     memset(s.buckets, 0, (<size_t>s.bucket_mask + 1) * sizeof(uint32_t))
-    memset(s.visited, 0, <size_t>(s.arena_size >> 6) + 1)
+    memset(s.hints, 0, <size_t>(s.arena_size >> 6) + 1)
     alloc_init(s)
     do_policy_reset(s)
     s.sh.items = 0
@@ -81,7 +91,8 @@ cdef inline void do_shard_repair(ShardRef *s) noexcept nogil:
     3. free every used block the index does not reach (a half-written item,
        or one unlinked but not yet freed);
     4. rebuild free lists, footers and counters, and the policy queue.
-    Items lose their queue order (recency); their visited bits stay.
+    Items lose their queue order and segment (they all go to the policy's
+    main queue) and ghosts are forgotten; hint bytes stay.
     """
     cdef uint64_t nbuckets = <uint64_t>s.bucket_mask + 1
     cdef uint64_t nstart_bytes = (s.arena_size >> 6) + 1
@@ -147,7 +158,7 @@ cdef inline void do_shard_repair(ShardRef *s) noexcept nogil:
     while off < s.arena_size:
         hdr = hdr_word(s, off)[0]
         if hdr & BLOCK_USED:
-            do_queue_push_head(s, off)
+            do_queue_push_head(s, policy_rebuild_queue(s), off)
         off += hdr & ~(<uint32_t>7)
     s.sh.items = items
     do_write_end(s)

@@ -13,8 +13,9 @@ cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns,
                               uint64_t *examined_out) noexcept nogil:
     """Look at up to `budget` items; return how many expired items went.
 
-    Stops mid-chain when the budget runs out; the cursor stays on that
-    bucket, so the next slice starts there again.
+    Stops mid-chain when the budget runs out (the cursor stays on that
+    bucket), except in the first bucket of a slice: finishing it keeps the
+    sweep moving even past a chain longer than the budget.
     """
     cdef uint64_t examined = 0, removed = 0, visited_buckets = 0
     cdef uint64_t nb = <uint64_t>s.bucket_mask + 1
@@ -25,7 +26,7 @@ cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns,
         link = &s.buckets[b]
         off = link[0]
         while off:
-            if examined >= budget:
+            if examined >= budget and visited_buckets > 0:
                 break
             examined += 1
             if item_expired(item_at(s, off), now_ns):

@@ -99,7 +99,9 @@ class Cache(_engine.Engine):
             # error a user can act on.
             segment.check_free_space(self.name, cap)
         try:
-            plan = _engine.plan_layout(cap, n_shards, max_entries or 0)
+            plan = _engine.plan_layout(
+                cap, n_shards, max_entries or 0, policy=settings["policy"]
+            )
         except ValueError as exc:
             raise InvalidConfig(f"capacity: {exc}", context={"field": "capacity"}) from exc
         opened = segment.create_or_open(self.name, plan, mode, create)

@@ -190,7 +190,11 @@ def _validate(name: str, header: dict[str, Any], size: int) -> None:
         )
     try:
         plan = _engine.plan_layout(
-            header["capacity"], header["n_shards"], header["max_entries"], header["n_slots"]
+            header["capacity"],
+            header["n_shards"],
+            header["max_entries"],
+            header["n_slots"],
+            header["policy"],
         )
     except ValueError as exc:
         raise SegmentCorrupt(f"cache {name!r} has an impossible header: {exc}") from exc

@@ -54,6 +54,9 @@ static inline int metis_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired
 static inline uint8_t metis_load_relaxed_u8(const uint8_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
+static inline void metis_store_relaxed_u8(uint8_t *p, uint8_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 static inline void metis_fetch_or_u8(uint8_t *p, uint8_t bits) {
     __atomic_fetch_or(p, bits, __ATOMIC_RELAXED);
 }
