@@ -121,7 +121,7 @@ cdef struct ShardHeader:
     # keep beside them. 256 bytes.
     PolicyList lists[4]
     uint32_t hand           # SIEVE's hand
-    uint32_t target         # ARC: p; W-TinyLFU: window maximum; 2Q/S3-FIFO: unused
+    uint32_t target         # ARC: p; W-TinyLFU: window maximum; S3-FIFO: 1 once it evicted
     uint32_t protected_max  # W-TinyLFU: protected segment maximum
     uint32_t pending        # PENDING_* bits: what admit() learnt about the key
     uint64_t sample_hits    # W-TinyLFU hill climber

@@ -334,32 +334,27 @@ cdef inline uint32_t _twoq_victim(ShardRef *s) noexcept nogil:
     return qlist(s, Q_AM).tail
 
 cdef inline uint32_t _s3fifo_victim(ShardRef *s) noexcept nogil:
-    cdef uint32_t small_max = policy_entries(s) // 10, off
+    """Evict from main while it is over its 90% share (or small is empty),
+    else from small; each side first moves on the items that earned it."""
+    cdef uint32_t c = policy_entries(s), small_max = c // 10, off
     cdef uint8_t *hint
-    cdef uint64_t guard = 0
-    if small_max < 1:
-        small_max = 1
-    while guard < 8 * (<uint64_t>qlist(s, Q_SMALL).count + qlist(s, Q_S3MAIN).count) + 8:
-        guard += 1
-        if qlist(s, Q_SMALL).count >= small_max or qlist(s, Q_S3MAIN).count == 0:
+    s.sh.target = 1  # S3-FIFO: "an eviction has happened" (see insert)
+    if qlist(s, Q_S3MAIN).count <= c - small_max and qlist(s, Q_SMALL).count > 0:
+        while qlist(s, Q_SMALL).count > 0:
             off = qlist(s, Q_SMALL).tail
-            if off == 0:
-                break
             hint = hint_of(s, off)
-            if hint[0] >= 2:
-                hint[0] = 0
-                do_queue_move_head(s, Q_S3MAIN, off)
-                continue
-            return off
+            if hint[0] < 2:
+                return off
+            hint[0] = 0
+            do_queue_move_head(s, Q_S3MAIN, off)
+    while qlist(s, Q_S3MAIN).count > 0:
         off = qlist(s, Q_S3MAIN).tail
         hint = hint_of(s, off)
-        if hint[0] > 0:
-            hint[0] -= 1
-            do_queue_move_head(s, Q_S3MAIN, off)
-            continue
-        return off
-    off = qlist(s, Q_SMALL).tail
-    return off if off else qlist(s, Q_S3MAIN).tail
+        if hint[0] == 0:
+            return off
+        hint[0] -= 1
+        do_queue_move_head(s, Q_S3MAIN, off)
+    return qlist(s, Q_SMALL).tail
 
 cdef inline uint32_t _sieve_victim(ShardRef *s) noexcept nogil:
     cdef uint32_t hand
@@ -438,7 +433,12 @@ cdef inline void do_policy_insert(ShardRef *s, uint32_t off) noexcept nogil:
     cdef uint32_t q = Q_MAIN
     hint_of(s, off)[0] = 0
     if s.policy == POLICY_S3FIFO:
-        q = Q_S3MAIN if pending & PENDING_GHOST0 else Q_SMALL
+        # Ghost hits go to main; so do new keys while small is full but
+        # nothing was evicted yet (the cache is still filling).
+        q = Q_SMALL
+        if pending & PENDING_GHOST0 or (
+                s.sh.target == 0 and qlist(s, Q_SMALL).count >= policy_entries(s) // 10):
+            q = Q_S3MAIN
     elif s.policy == POLICY_2Q:
         q = Q_AM if pending & PENDING_GHOST0 else Q_A1IN
     elif s.policy == POLICY_ARC:
@@ -476,7 +476,7 @@ cdef inline void do_policy_remove(ShardRef *s, uint32_t off, bint evicted) noexc
         return
     c = policy_entries(s)
     if s.policy == POLICY_S3FIFO and q == Q_SMALL:
-        do_ghost_add(s, 0, h, c - c // 10)
+        do_ghost_add(s, 0, h, c * 9 // 10)
     elif s.policy == POLICY_2Q and q == Q_A1IN:
         do_ghost_add(s, 0, h, c // 2 if c >= 2 else 1)
     elif s.policy == POLICY_ARC:
