@@ -233,6 +233,8 @@ cdef class Engine:
     cdef uint32_t _sweep_shard
     cdef bint _closed
     cdef int _lock_waiters
+    cdef uint32_t _stripe
+    cdef bint _record_hits
 
     def __dealloc__(self):
         self._unmap()
@@ -329,6 +331,12 @@ cdef class Engine:
 
     def _set_codec(self, codec):
         self._codec = codec
+        self._record_hits = True
+
+    def _set_hit_recording(self, bint on):
+        """Benchmarks only: stop telling the policy about hits (measures what
+        recording costs on the read path)."""
+        self._record_hits = on
 
     # ---- per-process stat slots -------------------------------------------
 
@@ -365,6 +373,9 @@ cdef class Engine:
     cdef void _take_slot(self, SlotHeader *sl) noexcept:
         sl.claimed_ns = metis_now_ns()
         self._slot = sl
+        # Each process writes its hits into its own access-ring stripe.
+        self._stripe = <uint32_t>(((<char *>sl) - (<char *>self._slot_at(0)))
+                                  // self._hdr.slot_size)
         self._counters = <SlotCounters *>((<char *>sl) + SLOT_HEADER_SIZE)
         self._shared_slot = False
 
@@ -559,9 +570,10 @@ cdef class Engine:
                 self._bump(&c.misses)
                 return default
             self._bump(&c.hits)
-            policy_record_hit(s, off)
-            if policy_uses_ring(s) and policy_ring_wants_drain(s):
-                self._try_drain(s)
+            if self._record_hits:
+                policy_record_hit(s, off, self._stripe)
+                if policy_uses_ring(s) and policy_ring_wants_drain(s, self._stripe):
+                    self._try_drain(s)
             if data is None:
                 return PyLong_FromLongLong(ival)
             return self._decode(flags, data)
@@ -597,7 +609,7 @@ cdef class Engine:
                         do_item_remove(s, link, off)
                         s.sh.deletes += 1
                     else:
-                        policy_record_hit(s, off)
+                        policy_record_hit(s, off, self._stripe)
         if consume:
             do_write_end(s)
         shard_unlock(s)

@@ -19,7 +19,8 @@ cdef enum:
     ARENA_RESERVED = 64
     ARENA_ALIGN = 64
     N_BINS = 32
-    RING_SIZE = 64
+    RING_STRIPES = 4
+    STRIPE_SLOTS = 15
     SLOT_HEADER_SIZE = 64
     SLOT_COUNTERS_SIZE = 32
     DEFAULT_SLOTS = 128
@@ -93,6 +94,10 @@ cdef struct PolicyList:
     uint32_t count
     uint32_t _pad
 
+cdef struct RingStripe:
+    uint32_t pos            # hits written so far (wraps)
+    uint32_t slots[15]
+
 cdef struct ShardHeader:
     # The robust mutex: writers only.
     char lock[64]
@@ -140,11 +145,12 @@ cdef struct ShardHeader:
     int64_t adjustment
     uint64_t climb_sample   # W-TinyLFU: requests per hill-climbing sample
     char _pad_policy[56]
-    # Access ring: written by readers without the lock, drained by writers.
-    uint64_t ring_pos
-    uint64_t ring_drained
-    uint64_t _pad_ring[6]
-    uint32_t ring[64]
+    # Access ring, striped: readers write without the lock into the stripe
+    # of their stats slot (one cache line each, so two processes reading
+    # one shard do not bounce a line); writers drain all stripes.
+    RingStripe stripes[4]
+    uint32_t ring_drained[4]
+    uint32_t _pad_ring[12]
 
 cdef struct SlotHeader:
     uint32_t pid

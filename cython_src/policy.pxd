@@ -36,7 +36,8 @@
 # Functions named do_* expect the shard lock.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset
-from layout cimport (ShardRef, Item, item_at, PolicyList, RING_SIZE, POLICY_SIEVE, POLICY_LRU,
+from layout cimport (ShardRef, Item, item_at, PolicyList, RingStripe, RING_STRIPES, STRIPE_SLOTS,
+                     POLICY_SIEVE, POLICY_LRU,
                      POLICY_WTINYLFU, POLICY_ARC, POLICY_2Q, POLICY_S3FIFO)
 from index cimport do_index_contains_offset
 from ghost cimport ghost_find, do_ghost_remove, do_ghost_add, do_ghost_drop_oldest
@@ -86,11 +87,12 @@ cdef inline uint8_t *hint_of(ShardRef *s, uint32_t off) noexcept nogil:
 cdef inline bint policy_uses_ring(ShardRef *s) noexcept nogil:
     return s.policy != POLICY_SIEVE and s.policy != POLICY_S3FIFO
 
-cdef inline void policy_record_hit(ShardRef *s, uint32_t off) noexcept nogil:
+cdef inline void policy_record_hit(ShardRef *s, uint32_t off, uint32_t stripe) noexcept nogil:
     """Lock-free: note that the item at `off` was read."""
     cdef uint8_t *hint
     cdef uint8_t v
-    cdef uint64_t pos
+    cdef uint32_t pos
+    cdef RingStripe *r
     if s.policy == POLICY_SIEVE or s.policy == POLICY_S3FIFO:
         hint = hint_of(s, off)
         v = metis_load_relaxed_u8(hint)
@@ -100,12 +102,16 @@ cdef inline void policy_record_hit(ShardRef *s, uint32_t off) noexcept nogil:
             metis_store_relaxed_u8(hint, v + 1)
     else:
         # Lossy by design: two readers racing may overwrite one entry.
-        pos = metis_load_relaxed_u64(&s.sh.ring_pos)
-        metis_store_relaxed_u32(&s.sh.ring[pos & (RING_SIZE - 1)], off)
-        metis_store_relaxed_u64(&s.sh.ring_pos, pos + 1)
+        r = &s.sh.stripes[stripe & (RING_STRIPES - 1)]
+        pos = metis_load_relaxed_u32(&r.pos)
+        metis_store_relaxed_u32(&r.slots[pos % STRIPE_SLOTS], off)
+        metis_store_relaxed_u32(&r.pos, pos + 1)
 
-cdef inline bint policy_ring_wants_drain(ShardRef *s) noexcept nogil:
-    return metis_load_relaxed_u64(&s.sh.ring_pos) - s.sh.ring_drained >= RING_SIZE // 2
+cdef inline bint policy_ring_wants_drain(ShardRef *s, uint32_t stripe) noexcept nogil:
+    """Is this stripe half full? (a reader then tries to drain it)"""
+    stripe &= RING_STRIPES - 1
+    return <uint32_t>(metis_load_relaxed_u32(&s.sh.stripes[stripe].pos)
+                      - s.sh.ring_drained[stripe]) >= STRIPE_SLOTS // 2
 
 
 # ---- queues ----------------------------------------------------------------
@@ -174,7 +180,8 @@ cdef inline void do_policy_reset(ShardRef *s) noexcept nogil:
         s.sh.lists[q].count = 0
     s.sh.hand = 0
     s.sh.pending = 0
-    s.sh.ring_drained = metis_load_relaxed_u64(&s.sh.ring_pos)
+    for q in range(RING_STRIPES):
+        s.sh.ring_drained[q] = metis_load_relaxed_u32(&s.sh.stripes[q].pos)
     s.sh.rng = <uint32_t>0x9E3779B9 ^ s.index
     s.sh.target = 0
     if s.policy == POLICY_WTINYLFU:
@@ -453,7 +460,7 @@ cdef inline void do_policy_on_hit(ShardRef *s, uint32_t off) noexcept nogil:
     """Apply one hit under the lock (ring entries, and sets of present keys)."""
     cdef uint32_t q
     if s.policy == POLICY_SIEVE or s.policy == POLICY_S3FIFO:
-        policy_record_hit(s, off)
+        policy_record_hit(s, off, 0)
     elif s.policy == POLICY_LRU:
         do_queue_move_head(s, Q_MAIN, off)
     elif s.policy == POLICY_ARC:
@@ -508,19 +515,22 @@ cdef inline void do_policy_replace(ShardRef *s, uint32_t old, uint32_t new) noex
     do_policy_on_hit(s, new)
 
 cdef inline void do_policy_drain(ShardRef *s) noexcept nogil:
-    """Apply the hits readers left in the access ring."""
-    cdef uint64_t pos, i
+    """Apply the hits readers left in the access ring's stripes."""
+    cdef uint32_t pos, i, stripe
     cdef uint32_t off
+    cdef RingStripe *r
     if not policy_uses_ring(s):
         return
-    pos = metis_load_relaxed_u64(&s.sh.ring_pos)
-    i = s.sh.ring_drained
-    if pos - i > RING_SIZE:
-        i = pos - RING_SIZE
-    while i < pos:
-        off = metis_load_relaxed_u32(&s.sh.ring[i & (RING_SIZE - 1)])
-        if do_index_contains_offset(s, off):
-            do_policy_on_hit(s, off)
-        i += 1
-    s.sh.ring_drained = pos
+    for stripe in range(RING_STRIPES):
+        r = &s.sh.stripes[stripe]
+        pos = metis_load_relaxed_u32(&r.pos)
+        i = s.sh.ring_drained[stripe]
+        if <uint32_t>(pos - i) > STRIPE_SLOTS:
+            i = pos - STRIPE_SLOTS
+        while i != pos:
+            off = metis_load_relaxed_u32(&r.slots[i % STRIPE_SLOTS])
+            if do_index_contains_offset(s, off):
+                do_policy_on_hit(s, off)
+            i += 1
+        s.sh.ring_drained[stripe] = pos
     s.sh.drains += 1
