@@ -16,7 +16,9 @@ Against what
       ``def floor_get(m, off, n): return m[off:off + n]``, called in the same
       loop shape. No hashing, no index, no locking, no decoding: what any
       Python call that returns a fresh ``bytes`` of that size costs at least.
-      For ``get-miss`` it copies 0 bytes.
+      For ``get-miss`` it copies 0 bytes. It bounds the copy, not the call:
+      ``floor_get`` runs a Python frame that a call of the compiled
+      ``Cache.get`` does not, so for small values Metis can come in under it.
     * a plain ``dict`` (``d.get`` / ``d.__setitem__``), private to each
       process: what a per-process cache costs when it hits (it returns a
       reference; nothing is copied).
@@ -57,7 +59,11 @@ import traceback
 import uuid
 from pathlib import Path
 
-from metis_shm import Cache
+try:
+    from metis_shm import Cache
+except ImportError:  # run from a checkout, not installed: use the in-place build
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from metis_shm import Cache
 
 WORKLOADS = ("get-hit", "get-miss", "set", "mix")
 SIZES = (100, 4096)
@@ -73,12 +79,12 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_ops.json"
 
 def floor_get(m: mmap.mmap, off: int, n: int) -> bytes:
     """Copy ``n`` bytes out of the mmap: the least a ``get`` can cost."""
-    return m[off:off + n]
+    return m[off : off + n]
 
 
 def floor_set(m: mmap.mmap, off: int, n: int, v: bytes) -> None:
     """Copy ``n`` bytes into the mmap: the least a ``set`` can cost."""
-    m[off:off + n] = v
+    m[off : off + n] = v
 
 
 # --------------------------------------------------------------------------- inputs
@@ -106,7 +112,7 @@ class Inputs:
         self.hit_seq = [self.keys[i] for i in idx]
         self.miss_seq = [self.miss_keys[i] for i in idx]
         self.is_set = [rng.random() < SET_FRACTION for _ in range(n_ops)]
-        self.mix_seq = list(zip(self.is_set, self.hit_seq))
+        self.mix_seq = list(zip(self.is_set, self.hit_seq, strict=True))
         self.distinct = len(set(idx))
         # set per size by prepare():
         self.size = 0
@@ -125,12 +131,12 @@ class Inputs:
         self.size = size
         self.value = bytes(random.Random(size).getrandbits(8) for _ in range(size))
         self.offs = [i * size for i in self.idx]
-        self.mix_offs = list(zip(self.is_set, self.offs))
+        self.mix_offs = list(zip(self.is_set, self.offs, strict=True))
         if self.mm is not None:
             self.mm.close()
         self.mm = mmap.mmap(-1, self.n_keys * size)  # MAP_SHARED: both processes see it
         for i in range(self.n_keys):
-            self.mm[i * size:(i + 1) * size] = self.value
+            self.mm[i * size : (i + 1) * size] = self.value
         self.dict = dict.fromkeys(self.keys, self.value)
         cache.clear()
         for k in self.keys:
@@ -175,6 +181,7 @@ def make_round(impl: str, workload: str, cache: Cache | None):
                         fset(m, off, n, v)
                     else:
                         fget(m, off, n)
+
         return run
 
     if impl == "metis":
@@ -204,11 +211,13 @@ def make_round(impl: str, workload: str, cache: Cache | None):
                     set_(k, v)
                 else:
                     get(k)
+
     return run
 
 
-def _worker(impl: str, workload: str, cache_name: str, rounds: int, round_ns: int,
-            barrier, conn) -> None:
+def _worker(
+    impl: str, workload: str, cache_name: str, rounds: int, round_ns: int, barrier, conn
+) -> None:
     """Child process: warm up, then time ``rounds`` rounds; send [(start, end, ops)].
 
     A round repeats the key sequence enough times to last about ``round_ns``,
@@ -241,8 +250,9 @@ def _worker(impl: str, workload: str, cache_name: str, rounds: int, round_ns: in
         conn.close()
 
 
-def measure(impl: str, workload: str, procs: int, cache_name: str, rounds: int,
-            round_ns: int) -> dict:
+def measure(
+    impl: str, workload: str, procs: int, cache_name: str, rounds: int, round_ns: int
+) -> dict:
     """Fork ``procs`` workers running the same loop; return ns/op and ops/s."""
     assert INPUTS is not None
     ctx = mp.get_context("fork")
@@ -250,8 +260,9 @@ def measure(impl: str, workload: str, procs: int, cache_name: str, rounds: int,
     children = []
     for _ in range(procs):
         recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(impl, workload, cache_name, rounds, round_ns,
-                                                     barrier, send))
+        p = ctx.Process(
+            target=_worker, args=(impl, workload, cache_name, rounds, round_ns, barrier, send)
+        )
         p.start()
         send.close()
         children.append((p, recv))
@@ -323,32 +334,57 @@ def fmt_size(n: int) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ("workload", "size", "procs", "metis ns/op", "floor ns/op", "dict ns/op",
-              "metis/floor", "metis/dict", "ops/s")
+    header = (
+        "workload",
+        "size",
+        "procs",
+        "metis ns/op",
+        "floor ns/op",
+        "dict ns/op",
+        "metis/floor",
+        "metis/dict",
+        "ops/s",
+    )
     lines = [
-        (r["workload"], fmt_size(r["size"]), str(r["procs"]), f"{r['metis_ns']:.0f}",
-         f"{r['floor_ns']:.0f}", f"{r['dict_ns']:.0f}", f"{r['metis_floor_ratio']:.2f}x",
-         f"{r['metis_dict_ratio']:.2f}x", f"{r['ops_per_s']:,.0f}")
+        (
+            r["workload"],
+            fmt_size(r["size"]),
+            str(r["procs"]),
+            f"{r['metis_ns']:.0f}",
+            f"{r['floor_ns']:.0f}",
+            f"{r['dict_ns']:.0f}",
+            f"{r['metis_floor_ratio']:.2f}x",
+            f"{r['metis_dict_ratio']:.2f}x",
+            f"{r['ops_per_s']:,.0f}",
+        )
         for r in rows
     ]
     widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for x in lines:
-        print("  ".join(c.rjust(w) for c, w in zip(x, widths)))
+        print("  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
     global INPUTS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run, about 10 s")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help=f"where to write the results (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="PATH",
+        help=f"where to write the results (default {DEFAULT_JSON})",
+    )
     parser.add_argument("--ops", type=int, help="calls per round per process")
     parser.add_argument("--rounds", type=int, help="timed rounds per measurement")
     parser.add_argument("--keys", type=int, help="distinct keys")
-    parser.add_argument("--round-ms", type=float,
-                        help="minimum duration of a round: the sequence is repeated to fill it")
+    parser.add_argument(
+        "--round-ms",
+        type=float,
+        help="minimum duration of a round: the sequence is repeated to fill it",
+    )
     parser.add_argument("--capacity", default="256MiB", help="cache capacity (default 256MiB)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     args = parser.parse_args(argv)
@@ -365,35 +401,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         INPUTS = Inputs(n_keys, n_ops, args.seed)
         st = cache.stats()
-        print(f"bench_ops: {n_keys:,} keys, Zipf({ZIPF_S}) over them "
-              f"({INPUTS.distinct:,} distinct in the sequence), {n_ops:,} ops x {rounds} rounds"
-              f" of >= {round_ns / 1e6:g} ms;"
-              f" cache {args.capacity}, {st.policy}, {st.n_shards} shards; seed {args.seed}")
+        print(
+            f"bench_ops: {n_keys:,} keys, Zipf({ZIPF_S}) over them "
+            f"({INPUTS.distinct:,} distinct in the sequence), {n_ops:,} ops x {rounds} rounds"
+            f" of >= {round_ns / 1e6:g} ms;"
+            f" cache {args.capacity}, {st.policy}, {st.n_shards} shards; seed {args.seed}"
+        )
         rows = []
         for size in SIZES:
             missing = INPUTS.prepare(size, cache)
             if missing:
-                print(f"warning: {missing} of {n_keys} keys did not fit in the cache at "
-                      f"{fmt_size(size)}; get-hit includes misses", file=sys.stderr)
+                print(
+                    f"warning: {missing} of {n_keys} keys did not fit in the cache at "
+                    f"{fmt_size(size)}; get-hit includes misses",
+                    file=sys.stderr,
+                )
             for workload in WORKLOADS:
                 for procs in PROCS:
-                    res = {impl: measure(impl, workload, procs, name, rounds, round_ns) for impl in IMPLS}
+                    res = {
+                        impl: measure(impl, workload, procs, name, rounds, round_ns)
+                        for impl in IMPLS
+                    }
                     m, f, d = (res[i]["ns_per_op"] for i in IMPLS)
-                    rows.append({
-                        "workload": workload,
-                        "size": size,
-                        "procs": procs,
-                        "metis_ns": m,
-                        "floor_ns": f,
-                        "dict_ns": d,
-                        "metis_floor_ratio": m / f,
-                        "metis_dict_ratio": m / d,
-                        "ops_per_s": res["metis"]["ops_per_s"],
-                        "floor_ops_per_s": res["floor"]["ops_per_s"],
-                        "dict_ops_per_s": res["dict"]["ops_per_s"],
-                        "rounds_ns_per_op": {i: res[i]["rounds_ns_per_op"] for i in IMPLS},
-                        "missing_after_fill": missing,
-                    })
+                    rows.append(
+                        {
+                            "workload": workload,
+                            "size": size,
+                            "procs": procs,
+                            "metis_ns": m,
+                            "floor_ns": f,
+                            "dict_ns": d,
+                            "metis_floor_ratio": m / f,
+                            "metis_dict_ratio": m / d,
+                            "ops_per_s": res["metis"]["ops_per_s"],
+                            "floor_ops_per_s": res["floor"]["ops_per_s"],
+                            "dict_ops_per_s": res["dict"]["ops_per_s"],
+                            "rounds_ns_per_op": {i: res[i]["rounds_ns_per_op"] for i in IMPLS},
+                            "missing_after_fill": missing,
+                        }
+                    )
         print()
         print_table(rows)
 
@@ -408,8 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                 for impl, key in (("metis", ""), ("floor", "floor_"), ("dict", "dict_"))
             }
             scaling[fmt_size(size)] = entry
-            print(f"  {fmt_size(size):>6}: metis {entry['metis']:.2f}x, "
-                  f"floor {entry['floor']:.2f}x, dict {entry['dict']:.2f}x")
+            print(
+                f"  {fmt_size(size):>6}: metis {entry['metis']:.2f}x, "
+                f"floor {entry['floor']:.2f}x, dict {entry['dict']:.2f}x"
+            )
         stats = cache.stats()
         elapsed = time.monotonic() - t_start
         result = {
@@ -418,10 +466,18 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": round(elapsed, 2),
             "machine": machine_info(),
             "config": {
-                "quick": args.quick, "ops_per_round": n_ops, "rounds": rounds,
-                "keys": n_keys, "round_ms": round_ns / 1e6, "zipf_s": ZIPF_S, "set_fraction": SET_FRACTION,
-                "sizes": list(SIZES), "procs": list(PROCS), "seed": args.seed,
-                "capacity": args.capacity, "policy": stats.policy,
+                "quick": args.quick,
+                "ops_per_round": n_ops,
+                "rounds": rounds,
+                "keys": n_keys,
+                "round_ms": round_ns / 1e6,
+                "zipf_s": ZIPF_S,
+                "set_fraction": SET_FRACTION,
+                "sizes": list(SIZES),
+                "procs": list(PROCS),
+                "seed": args.seed,
+                "capacity": args.capacity,
+                "policy": stats.policy,
                 "n_shards": stats.n_shards,
             },
             "rows": rows,

@@ -29,6 +29,8 @@ from metis_shm.errors import (
     SegmentVersionMismatch,
     SerializationFailed,
     ShmNoSpace,
+    TraceFormatError,
+    TraceNotFound,
     ValueTooLarge,
 )
 from metis_shm.stats import ShardStats, Stats
@@ -57,6 +59,8 @@ __all__ = [
     "ShardStats",
     "ShmNoSpace",
     "Stats",
+    "TraceFormatError",
+    "TraceNotFound",
     "ValueTooLarge",
     "__version__",
     "register_type",

@@ -131,6 +131,21 @@ class LockUnrecoverable(MetisError, OSError):
     code = "LOCK_UNRECOVERABLE"
 
 
+class TraceFormatError(MetisError, ValueError):
+    """A trace that cannot be read as asked: unknown format, a record cut
+    short, a line that is not a key of that format, a CSV column that is not
+    there. ``context`` holds ``path`` and, where known, ``format``, ``line``
+    or ``offset``."""
+
+    code = "TRACE_FORMAT"
+
+
+class TraceNotFound(TraceFormatError, FileNotFoundError):
+    """The trace file does not exist (or is not a file)."""
+
+    code = "TRACE_NOT_FOUND"
+
+
 ERROR_CLASSES: dict[str, type[MetisError]] = {
     cls.code: cls
     for cls in (
@@ -151,5 +166,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         ShmNoSpace,
         CacheClosed,
         LockUnrecoverable,
+        TraceFormatError,
+        TraceNotFound,
     )
 }

@@ -49,6 +49,8 @@ ERROR_TABLE = [
     ("SHM_NO_SPACE", "ShmNoSpace", OSError),
     ("CACHE_CLOSED", "CacheClosed", ValueError),
     ("LOCK_UNRECOVERABLE", "LockUnrecoverable", OSError),
+    ("TRACE_FORMAT", "TraceFormatError", ValueError),
+    ("TRACE_NOT_FOUND", "TraceNotFound", FileNotFoundError),
 ]
 
 

@@ -127,9 +127,12 @@ class Server:
                     + self.log_text()
                 )
             try:
-                status, _ = self.get("/info", timeout=1.0)
-                if status == 200:
-                    return True
+                # every worker past post_fork: one still booting when SIGTERM comes
+                # has the master's signal handlers and lingers until SIGKILL
+                if self.booted() >= WORKERS:
+                    status, _ = self.get("/info", timeout=1.0)
+                    if status == 200:
+                        return True
             except (OSError, urllib.error.URLError) as exc:
                 last_error = exc
             time.sleep(0.1)
@@ -137,6 +140,21 @@ class Server:
             f"gunicorn did not answer within {START_TIMEOUT}s ({last_error!r})\n" + self.log_text()
         )
         return False  # not reached
+
+    def booted(self) -> int:
+        """How many workers have opened the cache (logged by the post_fork hook)."""
+        return self.log_text_all().count("metis: worker ")
+
+    def worker_deaths(self) -> list[str]:
+        """Log lines of workers that died unasked (crash, timeout, signal)."""
+        marks = ("exited with code", "was sent SIG", "WORKER TIMEOUT", "Traceback")
+        return [ln for ln in self.log_text_all().splitlines() if any(m in ln for m in marks)]
+
+    def log_text_all(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def get(self, path: str, timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict]:
         """One GET on a new connection; returns (status, decoded JSON body)."""
@@ -204,6 +222,7 @@ def server(request, tmp_path):
                 break
             srv.stop()  # the free port was taken meanwhile: try another one
         yield srv
+        assert not srv.worker_deaths(), srv.log_text()
     finally:
         srv.stop()
         srv.kill()
