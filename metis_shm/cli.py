@@ -5,19 +5,23 @@ Subcommands:
 * ``metis simulate TRACE... --sizes 100,1000 [--policies lru,sieve]``: replay
   traces through the engine's eviction policies and print their hit ratios
   (see docs/policies.md).
+* ``metis stats NAME [--json]``: a cache's counters, totals and per shard.
+* ``metis check NAME [--json]``: the full consistency check of a segment.
 
-Exit codes: 0 success, 2 bad usage or bad input (the error's code is printed),
-1 anything else that went wrong.
+Exit codes: 0 success, 1 the check found problems (or anything else went
+wrong), 2 bad usage or bad input (the error's code is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from metis_shm.cache import Cache
 from metis_shm.errors import MetisError
 from metis_shm.simulate import (
     Progress,
@@ -106,7 +110,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     sim.set_defaults(handler=_cmd_simulate)
+
+    stats = sub.add_parser(
+        "stats",
+        help="print a cache's counters (totals and per shard)",
+        description="Read a cache's statistics from its segment (any user who may open it).",
+        epilog="examples:\n  metis stats app\n  metis stats app --json | jq .hit_ratio",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stats.add_argument("name", help="cache name")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_cmd_stats)
+
+    check = sub.add_parser(
+        "check",
+        help="check a segment's consistency (exit 1 if it has problems)",
+        description=(
+            "Run the full consistency check of a cache's segment: allocator tiling and "
+            "free lists, index chains, policy queues, counters. Takes each shard's lock "
+            "in turn (a shard whose writer died is repaired first, as any writer would)."
+        ),
+        epilog="examples:\n  metis check app\n  metis check app --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("name", help="cache name")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(handler=_cmd_check)
     return parser
+
+
+def _open_existing(name: str) -> Cache:
+    return Cache(name, create=False)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open_existing(args.name) as cache:
+        stats = cache.stats()
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return EXIT_OK
+    total = stats.to_dict()
+    print(
+        f"cache {stats.name!r}: policy {stats.policy}, {stats.n_shards} shards, "
+        f"segment {stats.segment_size:,} bytes"
+    )
+    for field in (
+        "hits",
+        "misses",
+        "hit_ratio",
+        "sets",
+        "deletes",
+        "evictions",
+        "expirations",
+        "items",
+        "bytes_used",
+        "capacity",
+        "fragmentation",
+        "lock_waits",
+        "read_retries",
+        "lock_recoveries",
+    ):
+        value = total[field]
+        shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+        print(f"  {field:>16}  {shown}")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    with _open_existing(args.name) as cache:
+        problems = cache.check()
+    if args.json:
+        print(json.dumps({"name": args.name, "ok": not problems, "problems": problems}))
+    elif problems:
+        print(f"cache {args.name!r}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+    else:
+        print(f"cache {args.name!r}: consistent")
+    return EXIT_OK if not problems else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
