@@ -326,6 +326,7 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "metis_shm_version": version,
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
@@ -396,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ops, --rounds and --keys must be positive")
 
     t_start = time.monotonic()
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus / 2:
+        print(
+            f"note: load average {load:.1f} on {cpus} CPUs: other work competes for the CPUs,"
+            " so the 2-process numbers are unreliable",
+            file=sys.stderr,
+        )
     name = f"bench-ops-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     cache = Cache(name, capacity=args.capacity)
     try:

@@ -27,6 +27,9 @@ bind = os.environ.get("METIS_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("METIS_WORKERS", "4"))
 worker_class = "sync"
 graceful_timeout = 10
+# gunicorn >= 24 opens a control socket at one fixed path per user; this demo
+# does not use it, and two instances would compete for that path.
+control_socket_disable = True
 
 
 def when_ready(server):

@@ -28,7 +28,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +35,11 @@ import pytest
 
 pytest.importorskip("gunicorn")
 
+from _workers import new_name  # tests/ is on sys.path (conftest.py)
+
 from metis_shm import Cache
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "examples" / "gunicorn_app"
@@ -213,7 +216,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
 def server(request, tmp_path):
-    name = f"itest-gunicorn-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = new_name()  # the session fixture unlinks it too if all else fails
     srv = Server(preload=request.param, cache_name=name, log_path=tmp_path / "gunicorn.log")
     try:
         for attempt in range(3):
