@@ -60,10 +60,10 @@ import uuid
 from pathlib import Path
 
 try:
-    from metis_shm import Cache
+    from metis_shm import Cache, _engine
 except ImportError:  # run from a checkout, not installed: use the in-place build
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from metis_shm import Cache
+    from metis_shm import Cache, _engine
 
 WORKLOADS = ("get-hit", "get-miss", "set", "mix")
 SIZES = (100, 4096)
@@ -216,7 +216,14 @@ def make_round(impl: str, workload: str, cache: Cache | None):
 
 
 def _worker(
-    impl: str, workload: str, cache_name: str, rounds: int, round_ns: int, barrier, conn
+    impl: str,
+    workload: str,
+    cache_name: str,
+    rounds: int,
+    round_ns: int,
+    barrier,
+    conn,
+    record_hits: bool = True,
 ) -> None:
     """Child process: warm up, then time ``rounds`` rounds; send [(start, end, ops)].
 
@@ -225,6 +232,8 @@ def _worker(
     """
     try:
         cache = Cache(cache_name, create=False) if impl == "metis" else None
+        if cache is not None and not record_hits:
+            cache._set_hit_recording(False)
         run = make_round(impl, workload, cache)
         assert INPUTS is not None
         gc.collect()
@@ -251,7 +260,13 @@ def _worker(
 
 
 def measure(
-    impl: str, workload: str, procs: int, cache_name: str, rounds: int, round_ns: int
+    impl: str,
+    workload: str,
+    procs: int,
+    cache_name: str,
+    rounds: int,
+    round_ns: int,
+    record_hits: bool = True,
 ) -> dict:
     """Fork ``procs`` workers running the same loop; return ns/op and ops/s."""
     assert INPUTS is not None
@@ -261,7 +276,8 @@ def measure(
     for _ in range(procs):
         recv, send = ctx.Pipe(duplex=False)
         p = ctx.Process(
-            target=_worker, args=(impl, workload, cache_name, rounds, round_ns, barrier, send)
+            target=_worker,
+            args=(impl, workload, cache_name, rounds, round_ns, barrier, send, record_hits),
         )
         p.start()
         send.close()
@@ -290,6 +306,32 @@ def measure(
     ns = statistics.median(ns_rounds)
     ops_s = 1e9 / ns if procs == 1 else statistics.median(tput_rounds)
     return {"ns_per_op": ns, "ops_per_s": ops_s, "rounds_ns_per_op": ns_rounds}
+
+
+def measure_hit_recording(capacity: str, rounds: int, round_ns: int) -> dict:
+    """get-hit of 100 B values, 1 process, per policy: hit recording on vs off.
+
+    Recording is what the policy learns from a read (SIEVE/S3-FIFO: a hint
+    byte; LRU/ARC/2Q/W-TinyLFU: an access-ring entry, drained by writers).
+    """
+    assert INPUTS is not None
+    out = {}
+    print()
+    print("hit recording cost (get-hit, 100 B, 1 process, ns/op):")
+    print(f"  {'policy':>9}  {'on':>7}  {'off':>7}  {'added':>6}")
+    for policy in _engine.POLICIES:
+        name = f"bench-rec-{os.getpid()}-{policy}"
+        cache = Cache(name, capacity=capacity, policy=policy)
+        try:
+            INPUTS.prepare(100, cache)
+            on = measure("metis", "get-hit", 1, name, rounds, round_ns)["ns_per_op"]
+            off = measure("metis", "get-hit", 1, name, rounds, round_ns, False)["ns_per_op"]
+        finally:
+            cache.close()
+            Cache.destroy(name)
+        out[policy] = {"on_ns": on, "off_ns": off, "added": on / off - 1}
+        print(f"  {policy:>9}  {on:7.1f}  {off:7.1f}  {100 * (on / off - 1):5.1f}%")
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -466,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {fmt_size(size):>6}: metis {entry['metis']:.2f}x, "
                 f"floor {entry['floor']:.2f}x, dict {entry['dict']:.2f}x"
             )
+        recording = measure_hit_recording(args.capacity, rounds, round_ns)
         stats = cache.stats()
         elapsed = time.monotonic() - t_start
         result = {
@@ -490,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "rows": rows,
             "read_scaling": scaling,
+            "hit_recording": recording,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

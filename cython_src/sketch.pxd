@@ -25,8 +25,25 @@ cdef extern from *:
     int metis_sketch_doorkeeper
 
 
-cdef inline uint32_t _counter_index(ShardRef *s, uint64_t h, int row) noexcept nogil:
-    return <uint32_t>(_fmix(h ^ METIS_SKETCH_SEEDS[row]) & s.sh.sketch_mask)
+cdef struct SketchSlots:
+    uint32_t idx[4]         # one counter per row
+    uint64_t door_a         # two doorkeeper bits
+    uint64_t door_b
+
+cdef inline void _slots(ShardRef *s, uint64_t h, SketchSlots *out) noexcept nogil:
+    """Where a key's counters and doorkeeper bits are: two 64-bit mixes give
+    four 32-bit row indexes; a third gives the doorkeeper bits."""
+    cdef uint64_t x1 = _fmix(h ^ METIS_SKETCH_SEEDS[0])
+    cdef uint64_t x2 = _fmix(h ^ METIS_SKETCH_SEEDS[1])
+    cdef uint64_t x3 = _fmix(h ^ METIS_SKETCH_SEEDS[2])
+    cdef uint64_t nbits = <uint64_t>s.sketch_width * 8
+    out.idx[0] = <uint32_t>(x1 & s.sh.sketch_mask)
+    out.idx[1] = <uint32_t>((x1 >> 32) & s.sh.sketch_mask)
+    out.idx[2] = <uint32_t>(x2 & s.sh.sketch_mask)
+    out.idx[3] = <uint32_t>((x2 >> 32) & s.sh.sketch_mask)
+    out.door_a = (x3 & <uint64_t>0xFFFFFFFF) % nbits
+    out.door_b = (x3 >> 32) % nbits
+
 
 cdef inline uint32_t _counter_get(ShardRef *s, int row, uint32_t i) noexcept nogil:
     cdef uint64_t n = <uint64_t>row * s.sketch_width + i
@@ -38,11 +55,9 @@ cdef inline void _counter_bump(ShardRef *s, int row, uint32_t i) noexcept nogil:
     if ((s.sketch[n >> 1] >> shift) & 15) < 15:
         s.sketch[n >> 1] += <uint8_t>(1 << shift)
 
-cdef inline bint _door_test_set(ShardRef *s, uint64_t h, bint set_bits) noexcept nogil:
-    """Is h in the doorkeeper? With set_bits, add it."""
-    cdef uint64_t x = _fmix(h ^ <uint64_t>0x5851F42D4C957F2D)
-    cdef uint64_t nbits = <uint64_t>s.sketch_width * 8
-    cdef uint64_t a = x % nbits, b = (x >> 32) % nbits
+cdef inline bint _door_test_set(ShardRef *s, SketchSlots *k, bint set_bits) noexcept nogil:
+    """Is the key in the doorkeeper? With set_bits, add it."""
+    cdef uint64_t a = k.door_a, b = k.door_b
     cdef bint seen
     if not metis_sketch_doorkeeper:
         return set_bits
@@ -57,13 +72,15 @@ cdef inline bint _door_test_set(ShardRef *s, uint64_t h, bint set_bits) noexcept
 cdef inline uint32_t sketch_estimate(ShardRef *s, uint64_t h) noexcept nogil:
     cdef uint32_t best = 15, c
     cdef int row
+    cdef SketchSlots k
     if s.sketch_width == 0:
         return 0
+    _slots(s, h, &k)
     for row in range(4):
-        c = _counter_get(s, row, _counter_index(s, h, row))
+        c = _counter_get(s, row, k.idx[row])
         if c < best:
             best = c
-    return best + (1 if _door_test_set(s, h, False) else 0)
+    return best + (1 if _door_test_set(s, &k, False) else 0)
 
 
 cdef inline void do_sketch_reset(ShardRef *s) noexcept nogil:
@@ -77,11 +94,13 @@ cdef inline void do_sketch_reset(ShardRef *s) noexcept nogil:
 
 cdef inline void do_sketch_increment(ShardRef *s, uint64_t h) noexcept nogil:
     cdef int row
+    cdef SketchSlots k
     if s.sketch_width == 0:
         return
-    if _door_test_set(s, h, True):
+    _slots(s, h, &k)
+    if _door_test_set(s, &k, True):
         for row in range(4):
-            _counter_bump(s, row, _counter_index(s, h, row))
+            _counter_bump(s, row, k.idx[row])
     s.sh.sketch_additions += 1
     if s.sh.sketch_additions >= s.sh.sketch_sample:
         do_sketch_reset(s)
