@@ -29,11 +29,11 @@ from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
 from index cimport (INDEX_TORN, index_find_optimistic, do_index_find, do_index_insert,
                     do_index_replace)
 from item cimport item_expired, item_fill, do_item_remove, do_item_evict
-from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_wants_drain,
+from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, do_policy_on_hit,
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
                      do_policy_victim, PENDING_ADMITTED)
 from sweep cimport do_sweep
-from shard cimport (shard_lock, shard_trylock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
+from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
                     do_shard_repair)
 from check cimport do_shard_check
 from includes.sync cimport *
@@ -91,28 +91,33 @@ def set_crash_point(int point, long after=0):
 
 cdef extern from *:
     int metis_wtlfu_adaptive
-    double metis_wtlfu_sample_factor
+    double metis_wtlfu_ghost_share
+    double metis_wtlfu_step
     double metis_wtlfu_initial_window
     int metis_sketch_doorkeeper
 
 
-def set_policy_tuning(adaptive=None, sample_factor=None, initial_window=None,
+def set_policy_tuning(adaptive=None, ghost_share=None, step=None, initial_window=None,
                       doorkeeper=None):
-    """Experiments only: W-TinyLFU's hill climber on/off, its sample size (in
-    multiples of the shard's entry capacity) and the initial window share.
-    Applies to shards reset (created or cleared) afterwards, in this process."""
-    global metis_wtlfu_adaptive, metis_wtlfu_sample_factor, metis_wtlfu_initial_window
-    global metis_sketch_doorkeeper
-    if doorkeeper is not None:
-        metis_sketch_doorkeeper = 1 if doorkeeper else 0
+    """Experiments only: W-TinyLFU's adaptive window on/off, the share of the
+    capacity each ghost ring remembers (at most the 15% the layout holds), the
+    window change per ghost hit (share of capacity), the initial window share,
+    and the doorkeeper. Applies to shards reset (created or cleared)
+    afterwards, in this process."""
+    global metis_wtlfu_adaptive, metis_wtlfu_ghost_share, metis_wtlfu_step
+    global metis_wtlfu_initial_window, metis_sketch_doorkeeper
     if adaptive is not None:
         metis_wtlfu_adaptive = 1 if adaptive else 0
-    if sample_factor is not None:
-        metis_wtlfu_sample_factor = sample_factor
+    if ghost_share is not None:
+        metis_wtlfu_ghost_share = min(ghost_share, 0.15)
+    if step is not None:
+        metis_wtlfu_step = step
     if initial_window is not None:
         metis_wtlfu_initial_window = initial_window
-    return {"adaptive": bool(metis_wtlfu_adaptive), "sample_factor": metis_wtlfu_sample_factor,
-            "initial_window": metis_wtlfu_initial_window,
+    if doorkeeper is not None:
+        metis_sketch_doorkeeper = 1 if doorkeeper else 0
+    return {"adaptive": bool(metis_wtlfu_adaptive), "ghost_share": metis_wtlfu_ghost_share,
+            "step": metis_wtlfu_step, "initial_window": metis_wtlfu_initial_window,
             "doorkeeper": bool(metis_sketch_doorkeeper)}
 
 
@@ -152,11 +157,12 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
         ghost_cap = max(entries, 1)
     if policy == POLICY_WTINYLFU:
         sketch_width = _pow2_at_least(max(4 * entries, 64))
+        ghost_cap = max(<uint64_t>(0.15 * entries) + 1, 1)
     plan["ghost_cap"] = ghost_cap
     plan["sketch_width"] = sketch_width
     plan["policy_stride"] = _round_up(
         ghost_cap * 16 + (_pow2_at_least(4 * ghost_cap) * 4 if ghost_cap else 0)
-        + sketch_width * 3, 64)
+        + sketch_width * 4, 64)
     plan["capacity"] = arena * n_shards
     plan["n_shards"] = n_shards
     plan["shard_shift"] = 40
@@ -197,6 +203,13 @@ def read_header(bytes raw):
     d = dict(h)
     d["magic"] = PyBytes_FromStringAndSize(h.magic, 8)
     return d
+
+
+cdef object _key_object(Item *it, uint32_t klen, uint32_t flags):
+    """An item's key as stored: str or bytes. The caller passes the length and
+    flags it validated: a lock-free reader must not read them twice."""
+    raw = PyBytes_FromStringAndSize(item_key(it), klen)
+    return raw.decode("utf-8", "surrogateescape") if flags & FLAG_KEY_STR else raw
 
 
 cdef struct KeyView:
@@ -317,7 +330,7 @@ cdef class Engine:
             s.ghost_table = <uint32_t *>(pol + <uint64_t>h.ghost_cap * 16)
             s.sketch = <uint8_t *>(pol + <uint64_t>h.ghost_cap * 16
                                    + (_pow2_at_least(4 * h.ghost_cap) * 4 if h.ghost_cap else 0))
-            s.doorkeeper = s.sketch + <uint64_t>h.sketch_width * 2
+            s.doorkeeper = s.sketch + <uint64_t>h.sketch_width * 2  # 2 * width bytes
             s.sketch_width = h.sketch_width
             # Offsets start at ARENA_RESERVED (0 means "none"), so the arena
             # pointer sits that far before the shard's first byte: capacity
@@ -369,6 +382,7 @@ cdef class Engine:
         self._slot = self._slot_at(0)
         self._counters = <SlotCounters *>((<char *>self._slot) + SLOT_HEADER_SIZE)
         self._shared_slot = True
+        self._stripe = pid
 
     cdef void _take_slot(self, SlotHeader *sl) noexcept:
         sl.claimed_ns = metis_now_ns()
@@ -548,9 +562,11 @@ cdef class Engine:
             data = None
             if off != INDEX_TORN:
                 it = item_at(s, off)
-                vlen = it.value_len
-                flags = it.flags
-                exp = it.expire_ns
+                # Relaxed atomic loads: each field is read exactly once, so
+                # the bounds checked below are the bounds used.
+                vlen = metis_load_relaxed_u32(&it.value_len)
+                flags = metis_load_relaxed_u32(&it.flags)
+                exp = metis_load_relaxed_u64(&it.expire_ns)
                 # A torn length must not make us allocate gigabytes: no stored
                 # value is longer than max_value_size.
                 if (vlen <= self._max_value or vlen == 8) and \
@@ -572,8 +588,6 @@ cdef class Engine:
             self._bump(&c.hits)
             if self._record_hits:
                 policy_record_hit(s, off, self._stripe)
-                if policy_uses_ring(s) and policy_ring_wants_drain(s, self._stripe):
-                    self._try_drain(s)
             if data is None:
                 return PyLong_FromLongLong(ival)
             return self._decode(flags, data)
@@ -627,16 +641,6 @@ cdef class Engine:
             free(buf)
 
     # ---- the write path ----------------------------------------------------
-
-    cdef void _try_drain(self, ShardRef *s) noexcept:
-        """Apply the access ring now if nobody holds the lock (a reader that
-        finds the ring half full does this instead of letting hits drop)."""
-        if shard_trylock(s) != 0:
-            return
-        do_write_begin(s)
-        do_policy_drain(s)
-        do_write_end(s)
-        shard_unlock(s)
 
     cdef int _lock(self, ShardRef *s) except -1:
         cdef int rc
@@ -886,6 +890,7 @@ cdef class Engine:
             start = default
             vv.n = 8
             vv.flags = KIND_INT
+            self._check_size(&kv, &vv)
         expiring = self._expiry(ttl, &expire)
         s = self._shard_for(kv.h)
         self._lock(s)
@@ -907,6 +912,7 @@ cdef class Engine:
                 else:
                     memcpy(item_value(it), &res, 8)
                     s.sh.sets += 1
+                    do_policy_on_hit(s, off)
         elif not has_default:
             r = R_MISSING
         elif __builtin_add_overflow(start, d, &res):
@@ -1034,7 +1040,7 @@ cdef class Engine:
         """Live keys of buckets [first, last) of a shard, copied consistently."""
         cdef ShardRef *s = &self._shards[shard]
         cdef uint64_t s1, b, now
-        cdef uint32_t off, steps
+        cdef uint32_t off, steps, klen, kflags
         cdef Item *it
         cdef list out
         cdef bint torn
@@ -1042,14 +1048,9 @@ cdef class Engine:
         for attempt in range(OPTIMISTIC_TRIES + 1):
             locked = attempt == OPTIMISTIC_TRIES
             if locked:
-                # We build Python objects under the lock: a finalizer run by
-                # the GC must not re-enter this shard (the mutex is not
-                # recursive), so the GC waits.
-                gc_was_enabled = gc.isenabled()
-                gc.disable()
-                self._lock(s)
+                return self._bucket_keys_locked(s, first, last)
             s1 = metis_load_acquire_u64(&s.sh.seq)
-            if s1 & 1 and not locked:
+            if s1 & 1:
                 metis_cpu_relax()
                 continue
             out = []
@@ -1065,27 +1066,49 @@ cdef class Engine:
                         torn = True
                         break
                     it = item_at(s, off)
-                    if it.key_len > self._max_key or \
-                            <uint64_t>off + ITEM_HEADER_SIZE + it.key_len > s.arena_size:
+                    klen = metis_load_relaxed_u32(&it.key_len)
+                    kflags = metis_load_relaxed_u32(&it.flags)
+                    if klen > self._max_key or \
+                            <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
                         torn = True
                         break
                     if not item_expired(it, now):
-                        raw = PyBytes_FromStringAndSize(item_key(it), it.key_len)
-                        out.append(raw.decode("utf-8", "surrogateescape")
-                                   if it.flags & FLAG_KEY_STR else raw)
+                        out.append(_key_object(it, klen, kflags))
                     off = metis_load_relaxed_u32(&it.hnext)
                     steps += 1
                 if torn:
                     break
-            if locked:
-                shard_unlock(s)
-                if gc_was_enabled:
-                    gc.enable()
-                return out
             metis_fence_acquire()
             if not torn and metis_load_relaxed_u64(&s.sh.seq) == s1:
                 return out
         return []
+
+    cdef list _bucket_keys_locked(self, ShardRef *s, uint64_t first, uint64_t last):
+        """The locked fallback of _bucket_keys: Python objects are built under
+        the lock, so the GC (whose finalizers might re-enter this shard; the
+        mutex is not recursive) waits until the lock is released."""
+        cdef list out = []
+        cdef uint64_t b, now = metis_now_ns()
+        cdef uint32_t off
+        cdef Item *it
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._lock(s)
+            try:
+                for b in range(first, last):
+                    off = s.buckets[b]
+                    while off:
+                        it = item_at(s, off)
+                        if not item_expired(it, now):
+                            out.append(_key_object(it, it.key_len, it.flags))
+                        off = it.hnext
+            finally:
+                shard_unlock(s)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return out
 
     def clear(self):
         """Remove every item from every shard."""
@@ -1100,6 +1123,29 @@ cdef class Engine:
             do_shard_reset(s)
             do_write_end(s)
             shard_unlock(s)
+
+    def drain(self):
+        """Apply the hits readers have recorded to each shard's policy now.
+
+        Readers only append to a small lossy ring (one 15-entry stripe per
+        process and shard); writers apply it on every write, and metisd does
+        it periodically. Call this between bursts of reads when every hit
+        must count (the trace simulator does). Queue moves are invisible to
+        readers, so this takes each shard's lock but never makes a reader
+        retry. Returns how many shards had something to apply.
+        """
+        cdef uint32_t i, n = 0
+        cdef ShardRef *s
+        self._check_open()
+        for i in range(self._n_shards):
+            s = &self._shards[i]
+            if not policy_uses_ring(s) or not policy_ring_pending(s):
+                continue
+            self._lock(s)
+            do_policy_drain(s)
+            shard_unlock(s)
+            n += 1
+        return n
 
     def sweep(self, max_items=1024):
         """Remove expired items, looking at no more than `max_items` items.
@@ -1124,7 +1170,8 @@ cdef class Engine:
             removed += do_sweep(s, budget, metis_now_ns(), &examined)
             do_write_end(s)
             shard_unlock(s)
-            budget -= examined
+            # A slice finishes its first bucket even past the budget.
+            budget = budget - examined if examined < budget else 0
         return removed
 
     def check(self):
@@ -1189,6 +1236,23 @@ cdef class Engine:
                         arena_usable(s), s.sh.free_bytes, largest, s.sh.lock_waits, retries,
                         s.sh.lock_recoveries))
         return out
+
+    def _policy_state(self, uint32_t shard):
+        """One shard's policy state (queue lengths, window/target, ghosts)."""
+        cdef ShardHeader *sh
+        self._check_open()
+        if shard >= self._n_shards:
+            raise IndexError(f"shard {shard} of {self._n_shards}")
+        sh = self._shards[shard].sh
+        return {
+            "queues": [sh.lists[q].count for q in range(4)],
+            "target": sh.target,
+            "protected_max": sh.protected_max,
+            "ghosts": [sh.ghost_count[0], sh.ghost_count[1]],
+            "max_items": sh.max_items,
+            "window_acc": sh.window_acc,
+            "drains": sh.drains,
+        }
 
     def _header(self):
         """The live header fields (a dict)."""

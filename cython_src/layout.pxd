@@ -129,10 +129,10 @@ cdef struct ShardHeader:
     uint32_t target         # ARC: p; W-TinyLFU: window maximum; S3-FIFO: 1 once it evicted
     uint32_t protected_max  # W-TinyLFU: protected segment maximum
     uint32_t pending        # PENDING_* bits: what admit() learnt about the key
-    uint64_t sample_hits    # W-TinyLFU hill climber
-    uint64_t sample_misses
-    double prev_hit_rate
-    double step_size
+    double window_acc       # W-TinyLFU: ghost-driven window change not yet applied
+    uint32_t ghost_limit    # W-TinyLFU: ghosts kept per ring
+    uint32_t _pad_w
+    uint64_t _pad_w2[2]
     uint64_t sketch_additions
     uint64_t sketch_sample
     uint32_t sketch_mask
@@ -142,9 +142,7 @@ cdef struct ShardHeader:
     uint64_t ghost_head[2]  # next sequence number written, per ghost ring
     uint64_t ghost_tail[2]  # oldest sequence number still in the ring
     uint32_t ghost_count[2]
-    int64_t adjustment
-    uint64_t climb_sample   # W-TinyLFU: requests per hill-climbing sample
-    char _pad_policy[56]
+    char _pad_policy[72]
     # Access ring, striped: readers write without the lock into the stripe
     # of their stats slot (one cache line each, so two processes reading
     # one shard do not bounce a line); writers drain all stripes.

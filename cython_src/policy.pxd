@@ -31,7 +31,9 @@
 #   W-TinyLFU window LRU, then a segmented LRU main area (probation and
 #             protected, 80%); an item leaving the window enters main only if
 #             the sketch says it is used more often than main's victim. The
-#             window size adapts by hill climbing on the sampled hit rate.
+#             window size adapts to ghost hits: keys that come back after
+#             losing the window's duel grow the window, keys that come back
+#             after main evicted them shrink it (two ghost rings of 15%).
 #
 # Functions named do_* expect the shard lock.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -48,14 +50,16 @@ from includes.sync cimport (metis_load_relaxed_u8, metis_store_relaxed_u8,
 
 cdef extern from *:
     """
-    /* Tuning knobs of the W-TinyLFU hill climber, settable for experiments
+    /* Tuning knobs of W-TinyLFU's adaptive window, settable for experiments
        (engine.set_policy_tuning); one translation unit, so one copy. */
     static int metis_wtlfu_adaptive = 1;
-    static double metis_wtlfu_sample_factor = 10.0;
+    static double metis_wtlfu_ghost_share = 0.15;
+    static double metis_wtlfu_step = 0.001;
     static double metis_wtlfu_initial_window = 0.01;
     """
     int metis_wtlfu_adaptive
-    double metis_wtlfu_sample_factor
+    double metis_wtlfu_ghost_share
+    double metis_wtlfu_step
     double metis_wtlfu_initial_window
 
 cdef enum:
@@ -65,6 +69,7 @@ cdef enum:
     PENDING_ADMITTED = 4        # admit() ran for the key being inserted
     PENDING_HOUSEKEPT = 8       # ARC: ghost trimming done for this admission
     PENDING_NO_GHOST = 16       # ARC: the next eviction leaves no ghost
+    PENDING_CANDIDATE = 32      # W-TinyLFU: the victim is the window's candidate
 
     # queue numbers per policy
     Q_MAIN = 0                  # SIEVE, LRU
@@ -107,11 +112,14 @@ cdef inline void policy_record_hit(ShardRef *s, uint32_t off, uint32_t stripe) n
         metis_store_relaxed_u32(&r.slots[pos % STRIPE_SLOTS], off)
         metis_store_relaxed_u32(&r.pos, pos + 1)
 
-cdef inline bint policy_ring_wants_drain(ShardRef *s, uint32_t stripe) noexcept nogil:
-    """Is this stripe half full? (a reader then tries to drain it)"""
-    stripe &= RING_STRIPES - 1
-    return <uint32_t>(metis_load_relaxed_u32(&s.sh.stripes[stripe].pos)
-                      - s.sh.ring_drained[stripe]) >= STRIPE_SLOTS // 2
+cdef inline bint policy_ring_pending(ShardRef *s) noexcept nogil:
+    """Has any stripe hits not yet applied?"""
+    cdef uint32_t stripe
+    for stripe in range(RING_STRIPES):
+        if metis_load_relaxed_u32(&s.sh.stripes[stripe].pos) != \
+                metis_load_relaxed_u32(&s.sh.ring_drained[stripe]):
+            return True
+    return False
 
 
 # ---- queues ----------------------------------------------------------------
@@ -190,13 +198,11 @@ cdef inline void do_policy_reset(ShardRef *s) noexcept nogil:
         if s.sh.target < 1:
             s.sh.target = 1
         s.sh.protected_max = <uint32_t>(0.8 * (c - s.sh.target))
-        s.sh.sample_hits = 0
-        s.sh.sample_misses = 0
-        s.sh.prev_hit_rate = 0.0
-        s.sh.step_size = -0.0625 * c
-        s.sh.adjustment = 0
+        s.sh.window_acc = 0.0
+        s.sh.ghost_limit = <uint32_t>(metis_wtlfu_ghost_share * c)
+        if s.sh.ghost_limit < 1:
+            s.sh.ghost_limit = 1
         s.sh.sketch_sample = 10 * <uint64_t>c
-        s.sh.climb_sample = <uint64_t>(metis_wtlfu_sample_factor * c)
         s.sh.sketch_additions = 0
     # Ghosts and sketch are wiped, not walked: after a crash they may be
     # half-updated, and they are only hints.
@@ -220,29 +226,10 @@ cdef inline void _wtlfu_demote_protected(ShardRef *s) noexcept nogil:
         off = qlist(s, Q_PROTECTED).tail
         do_queue_move_head(s, Q_PROBATION, off)
 
-cdef inline void _wtlfu_climb(ShardRef *s) noexcept nogil:
-    """Hill climbing on the window size (the idea of Caffeine's adaptive
-    W-TinyLFU): after each sample, keep moving the window the same way while
-    the hit rate improves, turn back when it worsens; big changes in the hit
-    rate restart the step size, small ones decay it."""
-    cdef uint64_t total = s.sh.sample_hits + s.sh.sample_misses
-    cdef double rate, change, amount, step
-    cdef uint32_t c = policy_entries(s), quota, off
-    cdef int64_t adj
-    if not metis_wtlfu_adaptive or total < s.sh.climb_sample:
-        return
-    rate = <double>s.sh.sample_hits / total
-    change = rate - s.sh.prev_hit_rate
-    amount = s.sh.step_size if change >= 0 else -s.sh.step_size
-    if (change if change >= 0 else -change) >= 0.05:
-        step = 0.0625 * c * (1 if amount >= 0 else -1)
-    else:
-        step = 0.98 * amount
-    s.sh.prev_hit_rate = rate
-    s.sh.step_size = step
-    s.sh.sample_hits = 0
-    s.sh.sample_misses = 0
-    adj = <int64_t>amount
+cdef inline void _wtlfu_resize(ShardRef *s, int64_t adj) noexcept nogil:
+    """Grow (adj > 0) or shrink the window by adj entries, moving items and
+    the protected segment's share to match."""
+    cdef uint32_t quota, off
     if adj > 0:
         quota = <uint32_t>adj if adj < s.sh.protected_max else s.sh.protected_max
         s.sh.protected_max -= quota
@@ -266,16 +253,31 @@ cdef inline void _wtlfu_climb(ShardRef *s) noexcept nogil:
             do_queue_move_head(s, Q_PROBATION, qlist(s, Q_WINDOW).tail)
             quota -= 1
 
+
+cdef inline void _wtlfu_adapt(ShardRef *s, int ring) noexcept nogil:
+    """Move the window by the ghosts' votes. A returning key that lost the
+    window's admission duel (ring 0) says the window is too small: recency
+    matters more than the sketch saw. A returning key that main evicted
+    (ring 1) says main is too small. Each vote moves the window by a small
+    fraction of the capacity; whole entries are applied as they accumulate."""
+    cdef int64_t whole
+    if not metis_wtlfu_adaptive:
+        return
+    s.sh.window_acc += metis_wtlfu_step * policy_entries(s) * (1 if ring == 0 else -1)
+    whole = <int64_t>s.sh.window_acc
+    if whole != 0:
+        s.sh.window_acc -= whole
+        _wtlfu_resize(s, whole)
+
+
 cdef inline void _wtlfu_on_hit(ShardRef *s, uint32_t off) noexcept nogil:
     cdef uint32_t q = queue_of(s, off)
     do_sketch_increment(s, item_at(s, off).hash)
-    s.sh.sample_hits += 1
     if q == Q_PROBATION:
         do_queue_move_head(s, Q_PROTECTED, off)
         _wtlfu_demote_protected(s)
     else:
         do_queue_move_head(s, q, off)
-    _wtlfu_climb(s)
 
 cdef inline bint _wtlfu_admit(ShardRef *s, uint32_t candidate, uint32_t victim) noexcept nogil:
     """Does the window's candidate deserve main's place more than the victim?"""
@@ -293,6 +295,7 @@ cdef inline uint32_t _wtlfu_victim(ShardRef *s) noexcept nogil:
     """If the window is full, its oldest item moves to probation as the
     candidate and duels main's victim on sketch frequency; the loser goes."""
     cdef uint32_t candidate = 0, victim
+    s.sh.pending &= ~(<uint32_t>PENDING_CANDIDATE)
     if qlist(s, Q_WINDOW).count >= s.sh.target and qlist(s, Q_WINDOW).count > 0:
         candidate = qlist(s, Q_WINDOW).tail
         do_queue_move_head(s, Q_PROBATION, candidate)
@@ -302,10 +305,14 @@ cdef inline uint32_t _wtlfu_victim(ShardRef *s) noexcept nogil:
     if victim == 0:
         victim = qlist(s, Q_PROTECTED).tail
     if victim == 0:
-        return candidate if candidate else qlist(s, Q_WINDOW).tail
-    if candidate == 0:
+        if candidate:
+            s.sh.pending |= PENDING_CANDIDATE
+            return candidate
+        return qlist(s, Q_WINDOW).tail
+    if candidate == 0 or _wtlfu_admit(s, candidate, victim):
         return victim
-    return victim if _wtlfu_admit(s, candidate, victim) else candidate
+    s.sh.pending |= PENDING_CANDIDATE
+    return candidate
 
 
 # ---- ARC, 2Q, S3-FIFO -------------------------------------------------------
@@ -393,13 +400,14 @@ cdef inline void do_policy_admit(ShardRef *s, uint64_t h) noexcept nogil:
     s.sh.pending = PENDING_ADMITTED
     if s.policy == POLICY_WTINYLFU:
         do_sketch_increment(s, h)
-        s.sh.sample_misses += 1
-        _wtlfu_climb(s)
-        return
-    if s.policy != POLICY_ARC and s.policy != POLICY_2Q and s.policy != POLICY_S3FIFO:
+    elif s.policy != POLICY_ARC and s.policy != POLICY_2Q and s.policy != POLICY_S3FIFO:
         return
     ring = ghost_find(s, h, &idx)
     if ring < 0:
+        return
+    if s.policy == POLICY_WTINYLFU:
+        do_ghost_remove(s, idx)
+        _wtlfu_adapt(s, ring)
         return
     if s.policy == POLICY_ARC:
         c = policy_entries(s)
@@ -486,6 +494,10 @@ cdef inline void do_policy_remove(ShardRef *s, uint32_t off, bint evicted) noexc
         do_ghost_add(s, 0, h, c * 9 // 10)
     elif s.policy == POLICY_2Q and q == Q_A1IN:
         do_ghost_add(s, 0, h, c // 2 if c >= 2 else 1)
+    elif s.policy == POLICY_WTINYLFU:
+        do_ghost_add(s, 1 if not (s.sh.pending & PENDING_CANDIDATE) else 0, h,
+                     s.sh.ghost_limit)
+        s.sh.pending &= ~(<uint32_t>PENDING_CANDIDATE)
     elif s.policy == POLICY_ARC:
         if s.sh.pending & PENDING_NO_GHOST:
             s.sh.pending &= ~(<uint32_t>PENDING_NO_GHOST)
@@ -494,6 +506,7 @@ cdef inline void do_policy_remove(ShardRef *s, uint32_t off, bint evicted) noexc
 
 cdef inline void do_policy_replace(ShardRef *s, uint32_t old, uint32_t new) noexcept nogil:
     """The new item of a present key takes the old one's place, then counts as a hit."""
+    s.sh.pending = 0  # whatever evictions on the way learnt is not about this key
     cdef Item *o = item_at(s, old)
     cdef Item *n = item_at(s, new)
     cdef PolicyList *l = qlist(s, o.qaux & QUEUE_MASK)

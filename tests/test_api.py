@@ -302,7 +302,7 @@ def test_stats_fields(cache: Cache, cache_name: str) -> None:
     cache.set("k", b"v" * 100)
     s = cache.stats()
     assert s.name == cache_name
-    assert s.policy == "sieve"
+    assert s.policy == "wtinylfu"  # the default
     assert s.n_shards >= 1
     assert s.n_shards & (s.n_shards - 1) == 0
     assert len(s.shards) == s.n_shards
@@ -534,7 +534,7 @@ def test_eviction_by_bytes(cache_name: str) -> None:
         assert c.get("after") == b"x" * 5000
 
 
-@pytest.mark.parametrize("policy", ["sieve", "lru"])
+@pytest.mark.parametrize("policy", ["wtinylfu", "sieve", "lru", "arc", "2q", "s3fifo"])
 def test_eviction_policies(cache_name: str, policy: str) -> None:
     with Cache(cache_name, capacity="1MiB", policy=policy) as c:
         for i in range(3000):
