@@ -332,6 +332,7 @@ cdef class Engine:
                                    + (_pow2_at_least(4 * h.ghost_cap) * 4 if h.ghost_cap else 0))
             s.doorkeeper = s.sketch + <uint64_t>h.sketch_width * 2  # 2 * width bytes
             s.sketch_width = h.sketch_width
+            s.n_shards = h.n_shards
             # Offsets start at ARENA_RESERVED (0 means "none"), so the arena
             # pointer sits that far before the shard's first byte: capacity
             # is all usable, and no block ever starts below the reserve.

@@ -190,8 +190,9 @@ cdef struct ShardRef:
     uint64_t *ghost_ring    # 2 rings of ghost_cap hashes (ARC, 2Q, S3-FIFO)
     uint32_t *ghost_table   # open addressing: 1 + ring slot, 0 = empty
     uint8_t *sketch         # W-TinyLFU: 4 rows of sketch_width 4-bit counters
-    uint8_t *doorkeeper     # W-TinyLFU: sketch_width bytes of bloom bits
+    uint8_t *doorkeeper     # W-TinyLFU: 2 * sketch_width bytes of bloom bits
     uint32_t sketch_width
+    uint32_t n_shards       # of the whole cache (policies that pool votes)
     uint64_t arena_size     # end offset: ARENA_RESERVED + the shard's bytes
     uint32_t bucket_mask
     uint32_t policy

@@ -263,7 +263,10 @@ cdef inline void _wtlfu_adapt(ShardRef *s, int ring) noexcept nogil:
     cdef int64_t whole
     if not metis_wtlfu_adaptive:
         return
-    s.sh.window_acc += metis_wtlfu_step * policy_entries(s) * (1 if ring == 0 else -1)
+    # A shard sees 1/n_shards of the traffic, so each of its votes counts
+    # n_shards times: every shard adapts as fast as a one-shard cache would.
+    s.sh.window_acc += metis_wtlfu_step * policy_entries(s) * s.n_shards * \
+        (1 if ring == 0 else -1)
     whole = <int64_t>s.sh.window_acc
     if whole != 0:
         s.sh.window_acc -= whole
