@@ -149,29 +149,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
         return EXIT_OK
-    total = stats.to_dict()
     print(
         f"cache {stats.name!r}: policy {stats.policy}, {stats.n_shards} shards, "
         f"segment {stats.segment_size:,} bytes"
     )
-    for field in (
-        "hits",
-        "misses",
-        "hit_ratio",
-        "sets",
-        "deletes",
-        "evictions",
-        "expirations",
-        "items",
-        "bytes_used",
-        "capacity",
-        "fragmentation",
-        "lock_waits",
-        "read_retries",
-        "lock_recoveries",
-    ):
-        value = total[field]
-        shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+    for field, shown in stats.summary_rows():
         print(f"  {field:>16}  {shown}")
     return EXIT_OK
 

@@ -24,6 +24,7 @@ import queue
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metis_shm import Cache
@@ -110,7 +111,7 @@ def worker(
     results.put(res)
 
 
-def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> None:
     """Print ``rows`` as a plain, right-aligned text table."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     say("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
@@ -178,21 +179,7 @@ def run(n_workers: int, seconds: float, capacity: str = "16MiB") -> int:
         st = cache.stats()
         say("")
         say(f"cache.stats() for {st.name!r} ({st.policy}, {st.n_shards} shards):")
-        fields = (
-            "hits",
-            "misses",
-            "sets",
-            "deletes",
-            "evictions",
-            "expirations",
-            "items",
-            "bytes_used",
-            "capacity",
-            "lock_waits",
-            "read_retries",
-            "lock_recoveries",
-        )
-        print_table([(f, f"{getattr(st, f):,}") for f in fields], ("stat", "total"))
+        print_table(st.summary_rows(), ("stat", "total"))
 
         total_incr = sum(r.increments for r in got)
         total_ops = sum(r.increments + r.sets + r.gets for r in got)

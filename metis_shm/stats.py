@@ -13,6 +13,13 @@ _RAW_FIELDS = (
 )  # fmt: skip
 
 
+# What a summary of the totals shows, in this order.
+SUMMARY_FIELDS = (
+    "hits", "misses", "hit_ratio", "sets", "deletes", "evictions", "expirations", "items",
+    "bytes_used", "capacity", "fragmentation", "lock_waits", "read_retries", "lock_recoveries",
+)  # fmt: skip
+
+
 class ShardStats(msgspec.Struct, frozen=True):
     """Counters of one shard (hits/misses/read_retries summed over processes)."""
 
@@ -58,6 +65,16 @@ class Stats(ShardStats, frozen=True, kw_only=True):
     @property
     def fragmentation(self) -> float:
         return self.fragmentation_total
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(name, formatted value) for each total, ratios included: what
+        `metis stats` and the demo print."""
+        d = self.to_dict()
+        rows = []
+        for field in SUMMARY_FIELDS:
+            value = d[field]
+            rows.append((field, f"{value:.4f}" if isinstance(value, float) else f"{value:,}"))
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (derived ratios included)."""
