@@ -1238,6 +1238,65 @@ cdef class Engine:
                         s.sh.lock_recoveries))
         return out
 
+    def _export_shard(self, uint32_t shard):
+        """Every live item of one shard as (key bytes, flags, expire_ns, value
+        bytes), copied under the shard's lock: a consistent cut of that shard
+        (snapshots). Expired items are left out."""
+        cdef ShardRef *s
+        cdef list out = []
+        cdef uint64_t b, now
+        cdef uint32_t off
+        cdef Item *it
+        self._check_open()
+        if shard >= self._n_shards:
+            raise IndexError(f"shard {shard} of {self._n_shards}")
+        s = &self._shards[shard]
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # no finalizer may re-enter this shard while we hold it
+        try:
+            self._lock(s)
+            try:
+                now = metis_now_ns()
+                for b in range(<uint64_t>s.bucket_mask + 1):
+                    off = s.buckets[b]
+                    while off:
+                        it = item_at(s, off)
+                        if not item_expired(it, now):
+                            out.append((
+                                PyBytes_FromStringAndSize(item_key(it), it.key_len),
+                                it.flags, it.expire_ns,
+                                PyBytes_FromStringAndSize(item_value(it), it.value_len)))
+                        off = it.hnext
+            finally:
+                shard_unlock(s)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return out
+
+    def _import_item(self, bytes key, uint32_t flags, uint64_t expire_ns, bytes value):
+        """Store an item exactly as exported (flags and bytes as they were).
+        False if it has expired meanwhile; ValueTooLarge/KeyTooLarge if this
+        cache's limits are smaller than the exporter's."""
+        cdef KeyView kv
+        cdef ValueView vv
+        self._check_open()
+        if expire_ns and expire_ns <= metis_now_ns():
+            return False
+        kv.p = PyBytes_AS_STRING(key)
+        kv.n = PyBytes_GET_SIZE(key)
+        kv.flag = flags & FLAG_KEY_STR
+        if kv.n > self._max_key:
+            raise _errors.KeyTooLarge(
+                f"key is {kv.n} bytes; max_key_size is {self._max_key}",
+                context={"size": kv.n, "limit": self._max_key})
+        kv.h = metis_hash(kv.p, kv.n, kv.flag)
+        vv.p = PyBytes_AS_STRING(value)
+        vv.n = PyBytes_GET_SIZE(value)
+        vv.flags = flags & ~(<uint32_t>FLAG_KEY_STR)
+        self._store(&kv, &vv, expire_ns, MODE_SET)
+        return True
+
     def _policy_state(self, uint32_t shard):
         """One shard's policy state (queue lengths, window/target, ghosts)."""
         cdef ShardHeader *sh
