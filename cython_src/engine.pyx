@@ -102,8 +102,8 @@ def set_policy_tuning(adaptive=None, ghost_share=None, step=None, initial_window
     """Experiments only: W-TinyLFU's adaptive window on/off, the share of the
     capacity each ghost ring remembers (at most the 15% the layout holds), the
     window change per ghost hit (share of capacity), the initial window share,
-    and the doorkeeper. Applies to shards reset (created or cleared)
-    afterwards, in this process."""
+    and the doorkeeper. ghost_share and initial_window apply to shards reset
+    (created or cleared) afterwards; the others at once. This process only."""
     global metis_wtlfu_adaptive, metis_wtlfu_ghost_share, metis_wtlfu_step
     global metis_wtlfu_initial_window, metis_sketch_doorkeeper
     if adaptive is not None:
@@ -129,6 +129,10 @@ cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept:
 
 cdef inline uint64_t _round_up(uint64_t n, uint64_t a) noexcept:
     return (n + a - 1) // a * a
+
+cdef inline uint64_t _ghost_bytes(uint64_t ghost_cap) noexcept:
+    """Two rings of ghost_cap hashes and their probe table."""
+    return ghost_cap * 16 + (_pow2_at_least(4 * ghost_cap) * 4 if ghost_cap else 0)
 
 
 def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
@@ -160,9 +164,8 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
         ghost_cap = max(<uint64_t>(0.15 * entries) + 1, 1)
     plan["ghost_cap"] = ghost_cap
     plan["sketch_width"] = sketch_width
-    plan["policy_stride"] = _round_up(
-        ghost_cap * 16 + (_pow2_at_least(4 * ghost_cap) * 4 if ghost_cap else 0)
-        + sketch_width * 4, 64)
+    # The sketch starts on a cache line: its 64-byte blocks are lines.
+    plan["policy_stride"] = _round_up(_ghost_bytes(ghost_cap), 64) + sketch_width * 4
     plan["capacity"] = arena * n_shards
     plan["n_shards"] = n_shards
     plan["shard_shift"] = 40
@@ -328,8 +331,7 @@ cdef class Engine:
             pol = self._base + h.policy_offset + <uint64_t>i * h.policy_stride
             s.ghost_ring = <uint64_t *>pol
             s.ghost_table = <uint32_t *>(pol + <uint64_t>h.ghost_cap * 16)
-            s.sketch = <uint8_t *>(pol + <uint64_t>h.ghost_cap * 16
-                                   + (_pow2_at_least(4 * h.ghost_cap) * 4 if h.ghost_cap else 0))
+            s.sketch = <uint8_t *>(pol + _round_up(_ghost_bytes(h.ghost_cap), 64))
             s.doorkeeper = s.sketch + <uint64_t>h.sketch_width * 2  # 2 * width bytes
             s.sketch_width = h.sketch_width
             s.n_shards = h.n_shards

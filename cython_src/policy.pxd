@@ -193,7 +193,7 @@ cdef inline void do_policy_reset(ShardRef *s) noexcept nogil:
     s.sh.rng = <uint32_t>0x9E3779B9 ^ s.index
     s.sh.target = 0
     if s.policy == POLICY_WTINYLFU:
-        # A 1% window, 80% of main protected; the climber moves the window.
+        # A 1% window, 80% of main protected; ghost hits move the window.
         s.sh.target = c - <uint32_t>((1.0 - metis_wtlfu_initial_window) * c)
         if s.sh.target < 1:
             s.sh.target = 1
@@ -215,7 +215,7 @@ cdef inline void do_policy_reset(ShardRef *s) noexcept nogil:
         s.sh.ghost_count[q] = 0
     if s.sketch_width:
         memset(s.sketch, 0, 2 * <size_t>s.sketch_width)
-        memset(s.doorkeeper, 0, s.sketch_width)
+        memset(s.doorkeeper, 0, 2 * <size_t>s.sketch_width)
 
 
 # ---- W-TinyLFU ---------------------------------------------------------------

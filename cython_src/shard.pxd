@@ -58,16 +58,6 @@ cdef inline int shard_lock(ShardRef *s) noexcept:
         s.sh.lock_waits += 1
     return rc
 
-cdef inline int shard_trylock(ShardRef *s) noexcept:
-    """Take the lock only if free: 0, or EBUSY (repairs like shard_lock)."""
-    cdef int rc = metis_mutex_trylock(s.sh.lock)
-    if rc == EOWNERDEAD:
-        do_shard_repair(s)
-        metis_mutex_consistent(s.sh.lock)
-        s.sh.lock_recoveries += 1
-        rc = 0
-    return rc
-
 cdef inline void shard_unlock(ShardRef *s) noexcept nogil:
     metis_mutex_unlock(s.sh.lock)
 
