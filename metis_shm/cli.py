@@ -7,6 +7,8 @@ Subcommands:
   (see docs/policies.md).
 * ``metis stats NAME [--json]``: a cache's counters, totals and per shard.
 * ``metis check NAME [--json]``: the full consistency check of a segment.
+* ``metis snapshot NAME --dir DIR`` / ``metis restore NAME --dir DIR``: write a
+  snapshot of a cache, or load the newest valid one (docs/persistence.md).
 
 Exit codes: 0 success, 1 the check found problems (or anything else went
 wrong), 2 bad usage or bad input (the error's code is printed).
@@ -21,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from metis_shm import cli_snapshot
 from metis_shm.cache import Cache
 from metis_shm.errors import MetisError
 from metis_shm.simulate import (
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("name", help="cache name")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(handler=_cmd_check)
+
+    cli_snapshot.register(sub)
     return parser
 
 

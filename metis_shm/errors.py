@@ -146,6 +146,20 @@ class TraceNotFound(TraceFormatError, FileNotFoundError):
     code = "TRACE_NOT_FOUND"
 
 
+class SnapshotCorrupt(MetisError, ValueError):
+    """A snapshot file that cannot be used: wrong magic, a format version this
+    Metis does not read, a checksum mismatch, a truncation. ``context`` holds
+    ``path`` and ``reason`` (and ``offset`` where one is known)."""
+
+    code = "SNAPSHOT_CORRUPT"
+
+
+class SnapshotNotFound(MetisError, FileNotFoundError):
+    """The snapshot file (or directory) does not exist."""
+
+    code = "SNAPSHOT_NOT_FOUND"
+
+
 ERROR_CLASSES: dict[str, type[MetisError]] = {
     cls.code: cls
     for cls in (
@@ -168,5 +182,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         LockUnrecoverable,
         TraceFormatError,
         TraceNotFound,
+        SnapshotCorrupt,
+        SnapshotNotFound,
     )
 }

@@ -51,6 +51,8 @@ ERROR_TABLE = [
     ("LOCK_UNRECOVERABLE", "LockUnrecoverable", OSError),
     ("TRACE_FORMAT", "TraceFormatError", ValueError),
     ("TRACE_NOT_FOUND", "TraceNotFound", FileNotFoundError),
+    ("SNAPSHOT_CORRUPT", "SnapshotCorrupt", ValueError),
+    ("SNAPSHOT_NOT_FOUND", "SnapshotNotFound", FileNotFoundError),
 ]
 
 

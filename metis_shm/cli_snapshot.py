@@ -1,0 +1,244 @@
+"""``metis snapshot`` and ``metis restore``: snapshots by hand.
+
+* ``metis snapshot NAME --dir DIR [--retention N]``: write a snapshot of a
+  running cache into DIR, keeping the newest N of that cache.
+* ``metis restore NAME --dir DIR [--file F] [--create [--capacity SIZE]]``:
+  load the newest valid snapshot (or F) into the cache; ``--create`` creates
+  the cache first, with the snapshotted cache's settings.
+
+Progress goes to stderr, the summary to stdout. Exit codes: 0 success, 1 the
+snapshot could not be written or no usable snapshot was found (corrupt,
+truncated, none at all), 2 bad input (the error's code is printed).
+``register(subparsers)`` adds both commands to the ``metis`` parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from metis_shm.cache import Cache
+from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
+from metis_shm.snapshot import (
+    SnapshotInfo,
+    list_snapshots,
+    read_snapshot_info,
+    restore,
+    restore_latest,
+    write_snapshot,
+)
+from metis_shm.units import format_size, parse_size
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_SNAPSHOT_EXAMPLES = """\
+examples:
+  metis snapshot app --dir /var/lib/metis
+  metis snapshot app --dir /var/lib/metis --retention 5
+
+The file is DIR/metis.NAME.<UTC time>.snap, written atomically (temp file,
+fsync, rename); see docs/persistence.md.
+"""
+
+_RESTORE_EXAMPLES = """\
+examples:
+  metis restore app --dir /var/lib/metis
+  metis restore app --file /var/lib/metis/metis.app.20250101T120000.000000Z.snap
+  metis restore app --dir /var/lib/metis --create --capacity 512MiB
+
+Without --file the newest snapshot of NAME that passes its checksum is loaded;
+corrupt or truncated ones are reported and skipped. Nothing is stored before
+the whole file has been checked. Items that have expired are not restored.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``snapshot`` and ``restore`` to the ``metis`` command's subparsers."""
+    snap = subparsers.add_parser(
+        "snapshot",
+        help="write a snapshot of a cache's live items to a file",
+        description=(
+            "Write every live item of cache NAME to a snapshot file in DIR (each shard "
+            "is a consistent cut), then keep only the newest --retention snapshots of "
+            "NAME there."
+        ),
+        epilog=_SNAPSHOT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    snap.add_argument("name", help="cache name")
+    snap.add_argument("--dir", required=True, metavar="DIR", help="snapshot directory")
+    snap.add_argument(
+        "--retention",
+        type=int,
+        default=3,
+        metavar="N",
+        help="snapshots of this cache to keep, the new one included (default: 3)",
+    )
+    snap.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    snap.set_defaults(handler=_cmd_snapshot)
+
+    rest = subparsers.add_parser(
+        "restore",
+        help="load a snapshot into a cache",
+        description=(
+            "Load the newest valid snapshot of cache NAME from DIR (or the file given "
+            "with --file) into the cache. Items with the same key are overwritten; "
+            "other items stay."
+        ),
+        epilog=_RESTORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rest.add_argument("name", help="cache name")
+    rest.add_argument("--dir", metavar="DIR", help="snapshot directory")
+    rest.add_argument("--file", metavar="F", help="this snapshot file instead of the newest")
+    rest.add_argument(
+        "--create",
+        action="store_true",
+        help="create the cache if it does not exist, with the snapshotted cache's settings",
+    )
+    rest.add_argument(
+        "--capacity",
+        metavar="SIZE",
+        help="with --create: the new cache's capacity (default: the snapshotted one's)",
+    )
+    rest.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    rest.set_defaults(handler=_cmd_restore)
+
+
+class _Progress:
+    """Progress on stderr: one updating line on a TTY, else a line every 10%."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.tty = stream.isatty()
+        self.last_tenth = -1
+        self.last_draw = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
+        finished = done >= total
+        if self.tty:
+            now = time.monotonic()
+            if not finished and now - self.last_draw < 0.1:
+                return
+            self.last_draw = now
+            end = "\n" if finished else ""
+            self.stream.write(f"\r{self.label}: {pct:5.1f}% ({done:,}/{total:,} items){end}")
+        else:
+            tenth = int(pct // 10)
+            if tenth <= self.last_tenth:
+                return
+            self.last_tenth = tenth
+            self.stream.write(f"{self.label}: {pct:3.0f}% ({done:,}/{total:,} items)\n")
+        self.stream.flush()
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    print(f"metis {command}: error: {exc}", file=sys.stderr)
+    if isinstance(exc, SnapshotCorrupt) or not isinstance(exc, MetisError):
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    progress = None if args.quiet else _Progress(sys.stderr, f"snapshot {args.name}")
+    t0 = time.monotonic()
+    try:
+        with Cache(args.name, create=False) as cache:
+            info = write_snapshot(cache, args.dir, retention=args.retention, progress=progress)
+    except (MetisError, OSError) as exc:
+        return _fail("snapshot", exc)
+    print(
+        f"wrote {info.path}: {info.items:,} items, {format_size(info.bytes)} of keys and "
+        f"values, {format_size(info.file_size)} file, in {time.monotonic() - t0:.2f}s"
+    )
+    return EXIT_OK
+
+
+def _settings_source(args: argparse.Namespace) -> SnapshotInfo | None:
+    """The snapshot whose settings a cache created by --create takes."""
+    if args.file:
+        return read_snapshot_info(args.file)
+    for path in list_snapshots(args.dir, args.name):
+        try:
+            return read_snapshot_info(path)
+        except (SnapshotCorrupt, OSError):
+            continue
+    return None
+
+
+def _open_for_restore(args: argparse.Namespace) -> Cache | None:
+    if not args.create:
+        return Cache(args.name, create=False)
+    if Cache.exists(args.name):
+        if args.capacity is not None:  # logs that the existing cache keeps its own
+            return Cache(args.name, capacity=args.capacity)
+        return Cache(args.name)
+    source = _settings_source(args)
+    if source is None:
+        return None
+    options: dict[str, Any] = source.cache_options()
+    if args.capacity is not None:
+        options["capacity"] = args.capacity
+    return Cache(args.name, **options)
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    try:
+        if args.capacity is not None:
+            if not args.create:
+                raise InvalidConfig(
+                    "--capacity is for a cache that --create creates",
+                    context={"field": "capacity", "value": args.capacity},
+                )
+            parse_size(args.capacity, "--capacity")
+        if args.file is None and args.dir is None:
+            raise InvalidConfig(
+                "give the snapshot directory (--dir DIR) or a snapshot file (--file F)",
+                context={"field": "dir"},
+            )
+        if args.file is not None and not Path(args.file).exists():
+            raise SnapshotNotFound(
+                f"snapshot {args.file!r} does not exist", context={"path": args.file}
+            )
+        cache = _open_for_restore(args)
+    except (MetisError, OSError) as exc:
+        return _fail("restore", exc)
+    if cache is None:
+        print(f"metis restore: no usable snapshot of {args.name!r} in {args.dir}", file=sys.stderr)
+        return EXIT_FAILED
+    progress = None if args.quiet else _Progress(sys.stderr, f"restore {args.name}")
+    try:
+        with cache:
+            try:
+                if args.file is not None:
+                    report = restore(cache, args.file, progress=progress)
+                else:
+                    report = restore_latest(cache, args.dir, progress=progress)
+            except BaseException:
+                if cache.created:
+                    Cache.destroy(args.name)  # created for nothing
+                raise
+            if report.path is None and cache.created:
+                Cache.destroy(args.name)
+    except (MetisError, OSError) as exc:
+        return _fail("restore", exc)
+    for path, reason in report.skipped:
+        print(f"metis restore: skipped {path}: {reason}", file=sys.stderr)
+    if report.path is None:
+        print(f"metis restore: no usable snapshot of {args.name!r} in {args.dir}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"restored {report.restored:,} items into {args.name!r} from {report.path} "
+        f"({report.expired:,} expired, {report.rejected:,} refused) in {report.seconds:.2f}s"
+    )
+    return EXIT_OK
+
+
+__all__ = ["register"]

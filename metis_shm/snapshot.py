@@ -1,0 +1,731 @@
+"""Snapshots: a cache's live items in a file, and back.
+
+``write_snapshot(cache, directory)`` writes ``metis.<name>.<UTC time>.snap``
+atomically (a temp file in the same directory, fsync, rename, fsync of the
+directory) and keeps the newest ``retention`` snapshots of that cache.
+``restore_latest(cache, directory)`` loads the newest snapshot that passes
+its checksum, skipping (and reporting) corrupt or truncated ones; a snapshot
+is checked from end to end before the first item is stored, so a bad file is
+never half-loaded.
+
+File format (version 1; integers little-endian)::
+
+    prelude   8s magic b"METISNAP", u32 format version, u32 header length
+    header    MessagePack map: cache, created_ns, layout_version, policy,
+              capacity, settings (what recreates the cache), metis_version
+    chunks    repeated: u32 length (> 0), MessagePack array of items
+              [key bytes, flags, expire_ns, value bytes]
+    end       u32 0
+    trailer   MessagePack map: items, bytes, chunks, finished_ns
+    u32       trailer length
+    checksum  BLAKE2b (32 bytes) of every byte before it
+
+The item count and byte count sit in the trailer, not the header: they are
+known only once every shard has been exported, and the checksum is computed
+as the file is streamed out. ``read_snapshot_info`` reads both ends of the
+file (not the items in between).
+
+Items are stored as the engine keeps them (the flags word records the key
+type, the value kind and the compression codec), so a restore stores the
+same bytes and every value reads back as it was written; expire times are
+wall-clock nanoseconds (``CLOCK_REALTIME``), so TTLs survive a reboot.
+Each shard is exported under its lock: a consistent cut of that shard, taken
+one shard after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import msgspec
+
+from metis_shm import segment
+from metis_shm.cache import Cache
+from metis_shm.codec import KIND_MASK, KIND_PICKLE, SERIALIZERS
+from metis_shm.errors import (
+    InvalidConfig,
+    KeyTooLarge,
+    SnapshotCorrupt,
+    SnapshotNotFound,
+    ValueTooLarge,
+)
+
+log = logging.getLogger("metis_shm")
+
+MAGIC = b"METISNAP"
+FORMAT_VERSION = 1
+SUFFIX = ".snap"
+CHUNK_BYTES = 2 << 20  # a chunk holds about this many bytes of items
+DIGEST_SIZE = 32
+_ITEM_OVERHEAD = 24  # MessagePack framing of one item, roughly
+_MAX_HEADER = 1 << 20
+
+_PRELUDE = struct.Struct("<8sII")
+_U32 = struct.Struct("<I")
+_TAIL_SIZE = _U32.size + DIGEST_SIZE
+_MIN_SIZE = _PRELUDE.size + _U32.size + _TAIL_SIZE
+_STAMP = r"\d{8}T\d{6}\.\d{6}Z"
+
+Progress = Callable[[int, int], None]
+Item = tuple[bytes, int, int, bytes]
+
+
+class SnapshotInfo(msgspec.Struct):
+    """What a snapshot holds, from its header and trailer.
+
+    ``items`` and ``bytes`` (keys plus stored values) count what was written;
+    ``settings`` has what recreates a cache like the one snapshotted (see
+    ``cache_options``).
+    """
+
+    path: str
+    cache: str
+    created_ns: int
+    items: int
+    bytes: int
+    layout_version: int
+    format_version: int
+    policy: str = ""
+    capacity: int = 0
+    file_size: int = 0
+    settings: dict[str, Any] = {}
+
+    def cache_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Cache(name, **options)`` that create a cache
+        with the snapshotted cache's settings (capacity, shards, policy,
+        limits, serializer, default TTL)."""
+        s = self.settings
+        options: dict[str, Any] = {"capacity": s.get("capacity", self.capacity)}
+        if s.get("n_shards"):
+            options["shards"] = s["n_shards"]
+        if self.policy:
+            options["policy"] = self.policy
+        if s.get("max_entries"):
+            options["max_entries"] = s["max_entries"]
+        for field in ("max_key_size", "max_value_size", "serializer"):
+            if s.get(field):
+                options[field] = s[field]
+        if "compress_threshold" in s:
+            options["compress_threshold"] = s["compress_threshold"] or None
+        if s.get("default_ttl_ns"):
+            options["default_ttl"] = s["default_ttl_ns"] / 1e9
+        return options
+
+
+class RestoreReport(msgspec.Struct):
+    """What a restore did.
+
+    ``path`` is the snapshot loaded (None: there was none to load);
+    ``restored`` items were stored, ``expired`` ones had expired by then,
+    ``rejected`` ones this cache refused (a key or value over its limits,
+    a pickled value in a cache not opened with ``serializer="pickle"``).
+    ``skipped`` lists the newer snapshots passed over, as (path, reason).
+    """
+
+    path: str | None
+    restored: int
+    expired: int
+    skipped: list[tuple[str, str]]
+    rejected: int = 0
+    seconds: float = 0.0
+
+
+class _Header(msgspec.Struct):
+    cache: str
+    created_ns: int
+    layout_version: int
+    policy: str
+    capacity: int
+    settings: dict[str, Any] = {}
+    metis_version: str = ""
+
+
+class _Trailer(msgspec.Struct):
+    items: int
+    bytes: int
+    chunks: int
+    finished_ns: int = 0
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(_Header)
+_trailer_decoder = msgspec.msgpack.Decoder(_Trailer)
+_U32_INT = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
+_U64_INT = Annotated[int, msgspec.Meta(ge=0)]  # MessagePack ints stop at 2**64 - 1
+_items_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, _U32_INT, _U64_INT, bytes]])
+
+
+# ---- names -------------------------------------------------------------------
+
+
+def snapshot_name(name: str, created_ns: int) -> str:
+    """The file name of a snapshot of cache ``name`` taken at ``created_ns``:
+    ``metis.<name>.<YYYYmmddTHHMMSS.ffffff>Z.snap`` (UTC; sorts by time)."""
+    seconds, rest = divmod(created_ns, 10**9)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    return f"metis.{name}.{stamp}.{rest // 1000:06d}Z{SUFFIX}"
+
+
+def _snapshot_pattern(name: str) -> re.Pattern[str]:
+    # Anchored at both ends with the stamp right before the suffix: cache
+    # "a" never matches the files of cache "a.b".
+    return re.compile(rf"^metis\.{re.escape(name)}\.({_STAMP})\.snap$")
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.metis\.{re.escape(name)}\.{_STAMP}\.(\d+)\.tmp$")
+
+
+def list_snapshots(directory: str | os.PathLike[str], name: str) -> list[Path]:
+    """The snapshot files of cache ``name`` in ``directory``, newest first
+    (an empty list if the directory does not exist)."""
+    segment.validate_name(name)
+    directory = Path(directory)
+    pattern = _snapshot_pattern(name)
+    found: list[tuple[str, str]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                m = pattern.match(entry.name)
+                if m and entry.is_file():
+                    found.append((m.group(1), entry.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found.sort(reverse=True)
+    return [directory / file_name for _, file_name in found]
+
+
+# ---- writing -----------------------------------------------------------------
+
+
+class _HashingWriter:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+
+def _header_for(cache: Cache, created_ns: int) -> _Header:
+    from metis_shm import __version__
+
+    h = cache.settings
+    serializer = next((k for k, v in SERIALIZERS.items() if v == h["serializer"]), "msgpack")
+    settings = {
+        "capacity": h["capacity"],
+        "n_shards": h["n_shards"],
+        "max_entries": h["max_entries"],
+        "max_key_size": h["max_key_size"],
+        "max_value_size": h["max_value_size"],
+        "compress_threshold": h["compress_threshold"],
+        "serializer": serializer,
+        "default_ttl_ns": h["default_ttl_ns"],
+    }
+    return _Header(
+        cache=cache.name,
+        created_ns=created_ns,
+        layout_version=h["layout_version"],
+        policy=cache.policy,
+        capacity=h["capacity"],
+        settings=settings,
+        metis_version=__version__,
+    )
+
+
+def write_snapshot(
+    cache: Cache,
+    directory: str | os.PathLike[str],
+    *,
+    retention: int = 3,
+    progress: Progress | None = None,
+    mode: int = 0o600,
+) -> SnapshotInfo:
+    """Write a snapshot of ``cache``'s live items into ``directory`` (created
+    if missing) and keep only the newest ``retention`` snapshots of this
+    cache there (other caches' files are never touched).
+
+    Atomic: the items go to a temp file (``O_EXCL``, ``mode``) that is
+    fsynced and then renamed to its final name, and the directory is fsynced;
+    if anything fails (or ``progress`` raises) the temp file is removed and
+    the existing snapshots are as they were.
+
+    ``progress(done, total)`` is called about every 1% of the items: ``total``
+    is ``len(cache)`` when the snapshot starts (it counts expired items not yet
+    swept, so it is an estimate); the last call has ``done == total``.
+    """
+    if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
+        raise InvalidConfig(
+            f"retention: {retention!r} is not valid; expected a number of snapshots >= 1",
+            context={"field": "retention", "value": retention},
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = cache.name
+    created_ns = time.time_ns()
+    header = _header_for(cache, created_ns)
+    _remove_stale_temps(directory, name)
+    tmp = directory / f".{snapshot_name(name, created_ns)[: -len(SUFFIX)]}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            os.fchmod(f.fileno(), mode)  # exactly ``mode``, whatever the umask
+            trailer = _write_body(cache, header, f, progress)
+            f.flush()
+            os.fsync(f.fileno())
+        final = _free_name(directory, name, created_ns)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+    try:
+        _apply_retention(directory, name, retention, keep=final)
+    except OSError as exc:  # the snapshot itself is written and durable
+        log.warning("snapshot retention in %s failed: %s", directory, exc)
+    return SnapshotInfo(
+        path=str(final),
+        cache=name,
+        created_ns=created_ns,
+        items=trailer.items,
+        bytes=trailer.bytes,
+        layout_version=header.layout_version,
+        format_version=FORMAT_VERSION,
+        policy=header.policy,
+        capacity=header.capacity,
+        file_size=final.stat().st_size,
+        settings=header.settings,
+    )
+
+
+def _write_body(cache: Cache, header: _Header, f: BinaryIO, progress: Progress | None) -> _Trailer:
+    w = _HashingWriter(f)
+    header_bytes = _encoder.encode(header)
+    w.write(_PRELUDE.pack(MAGIC, FORMAT_VERSION, len(header_bytes)))
+    w.write(header_bytes)
+    total = len(cache)
+    step = max(1, total // 100)  # items per chunk at most, and between progress calls
+    done = n_bytes = n_chunks = 0
+    next_report = step
+    if progress is not None:
+        progress(0, total)
+    for shard in range(cache.n_shards):
+        items = cache._export_shard(shard)
+        start = chunk_bytes = 0
+        last = len(items)
+        for i, (key, _flags, _expire_ns, value) in enumerate(items, 1):
+            chunk_bytes += len(key) + len(value)
+            full = chunk_bytes + _ITEM_OVERHEAD * (i - start) >= CHUNK_BYTES or i - start >= step
+            if not full and i < last:
+                continue
+            chunk = _encoder.encode(items[start:i])
+            w.write(_U32.pack(len(chunk)))
+            w.write(chunk)
+            n_chunks += 1
+            n_bytes += chunk_bytes
+            done += i - start
+            start, chunk_bytes = i, 0
+            if progress is not None and done >= next_report and done < total:
+                progress(done, total)
+                next_report = done + step
+        del items
+    w.write(_U32.pack(0))
+    trailer = _Trailer(items=done, bytes=n_bytes, chunks=n_chunks, finished_ns=time.time_ns())
+    trailer_bytes = _encoder.encode(trailer)
+    w.write(trailer_bytes)
+    w.write(_U32.pack(len(trailer_bytes)))
+    f.write(w.hash.digest())
+    if progress is not None:
+        progress(done, done)
+    return trailer
+
+
+def _free_name(directory: Path, name: str, created_ns: int) -> Path:
+    """The final path; a microsecond later if a snapshot of that instant exists."""
+    while True:
+        path = directory / snapshot_name(name, created_ns)
+        if not path.exists():
+            return path
+        created_ns += 1000
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _apply_retention(directory: Path, name: str, retention: int, keep: Path) -> list[Path]:
+    """Remove all but the newest ``retention`` snapshots of ``name``; ``keep``
+    (the one just written) stays even if the clock went back."""
+    removed = []
+    others = [p for p in list_snapshots(directory, name) if p != keep]
+    for old in others[retention - 1 :]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+            removed.append(old)
+            log.info("snapshot retention: removed %s", old)
+    if removed:
+        _fsync_dir(directory)
+    return removed
+
+
+def _remove_stale_temps(directory: Path, name: str, older_than: float = 60.0) -> None:
+    """Temp files of this cache left by a writer that died (its pid is gone
+    and the file has not changed for a minute)."""
+    pattern = _temp_pattern(name)
+    now = time.time()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            m = pattern.match(entry.name)
+            if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > older_than:
+                    os.unlink(entry.path)
+                    log.info("removed the temp file of an unfinished snapshot: %s", entry.path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+# ---- reading -----------------------------------------------------------------
+
+
+def _corrupt(path: Path, reason: str, offset: int | None = None) -> SnapshotCorrupt:
+    context: dict[str, Any] = {"path": str(path), "reason": reason}
+    if offset is not None:
+        context["offset"] = offset
+    return SnapshotCorrupt(f"snapshot {str(path)!r} is unusable: {reason}", context=context)
+
+
+def _pread(fd: int, n: int, offset: int, path: Path, what: str) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) != n:
+        raise _corrupt(path, f"truncated: {what} at offset {offset} is cut short", offset)
+    return data
+
+
+def _check_prelude(path: Path, data: bytes, size: int) -> tuple[int, int]:
+    """Format version and header length, once the magic and version are checked."""
+    magic, version, header_len = _PRELUDE.unpack(data)
+    if magic != MAGIC:
+        raise _corrupt(path, f"not a Metis snapshot (magic {magic!r}, expected {MAGIC!r})", 0)
+    if version > FORMAT_VERSION:
+        raise _corrupt(
+            path, f"format version {version} is newer than this Metis reads ({FORMAT_VERSION})"
+        )
+    if version < 1:
+        raise _corrupt(path, f"format version {version} is not valid")
+    if header_len > min(_MAX_HEADER, size - _MIN_SIZE):
+        raise _corrupt(path, f"header length {header_len} does not fit the file ({size} bytes)")
+    return int(version), int(header_len)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes, path: Path, what: str,
+            offset: int) -> Any:  # fmt: skip
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _corrupt(path, f"{what} at offset {offset} does not decode ({exc})", offset) from exc
+
+
+def _read_info(fd: int, path: Path, size: int) -> SnapshotInfo:
+    """Header and trailer (both ends of the file), checked for shape only."""
+    if size < _MIN_SIZE:
+        raise _corrupt(path, f"truncated: {size} bytes is too short for a snapshot")
+    version, header_len = _check_prelude(path, _pread(fd, _PRELUDE.size, 0, path, "prelude"), size)
+    header: _Header = _decode(
+        _header_decoder, _pread(fd, header_len, _PRELUDE.size, path, "header"), path, "header",
+        _PRELUDE.size,
+    )  # fmt: skip
+    body_start = _PRELUDE.size + header_len
+    (trailer_len,) = _U32.unpack(_pread(fd, _U32.size, size - _TAIL_SIZE, path, "tail"))
+    trailer_at = size - _TAIL_SIZE - trailer_len
+    if trailer_len == 0 or trailer_at - _U32.size < body_start:
+        raise _corrupt(path, "truncated or damaged: no trailer at the end of the file")
+    end = _U32.unpack(_pread(fd, _U32.size, trailer_at - _U32.size, path, "end marker"))[0]
+    if end != 0:
+        raise _corrupt(path, "truncated or damaged: no end marker before the trailer")
+    trailer: _Trailer = _decode(
+        _trailer_decoder, _pread(fd, trailer_len, trailer_at, path, "trailer"), path, "trailer",
+        trailer_at,
+    )  # fmt: skip
+    return SnapshotInfo(
+        path=str(path),
+        cache=header.cache,
+        created_ns=header.created_ns,
+        items=trailer.items,
+        bytes=trailer.bytes,
+        layout_version=header.layout_version,
+        format_version=version,
+        policy=header.policy,
+        capacity=header.capacity,
+        file_size=size,
+        settings=header.settings,
+    )
+
+
+class _HashingReader:
+    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
+        self.f = f
+        self.path = path
+        self.limit = size - DIGEST_SIZE
+        self.pos = 0
+        self.hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+    def read(self, n: int, what: str) -> bytes:
+        if self.pos + n > self.limit:
+            raise _corrupt(
+                self.path,
+                f"truncated or damaged: {what} at offset {self.pos} ({n} bytes) runs past "
+                f"the end of the data",
+                self.pos,
+            )
+        data = self.f.read(n)
+        if len(data) != n:
+            raise _corrupt(self.path, f"truncated: {what} at offset {self.pos}", self.pos)
+        self.hash.update(data)
+        self.pos += n
+        return data
+
+
+def _scan(
+    f: BinaryIO,
+    path: Path,
+    size: int,
+    info: SnapshotInfo,
+    on_items: Callable[[list[Item]], None] | None,
+) -> None:
+    """Read the whole file from the start, checking its framing, that every
+    chunk decodes to well-formed items, their count and the checksum; hand
+    each chunk's items to ``on_items`` if given."""
+    f.seek(0)
+    r = _HashingReader(f, path, size)
+    _version, header_len = _check_prelude(path, r.read(_PRELUDE.size, "prelude"), size)
+    r.read(header_len, "header")
+    items = 0
+    while True:
+        (n,) = _U32.unpack(r.read(_U32.size, "chunk length"))
+        if n == 0:
+            break
+        at = r.pos
+        chunk = r.read(n, "chunk")
+        decoded: list[Item] = _decode(_items_decoder, chunk, path, "chunk", at)
+        count = len(decoded)
+        if on_items is not None:
+            on_items(decoded)
+        del decoded
+        items += count
+    trailer_len = r.limit - r.pos - _U32.size
+    if trailer_len <= 0:
+        raise _corrupt(path, f"truncated: no trailer after the end marker at {r.pos}", r.pos)
+    r.read(trailer_len, "trailer")
+    (stated,) = _U32.unpack(r.read(_U32.size, "trailer length"))
+    if stated != trailer_len:
+        raise _corrupt(path, f"damaged: trailer length {stated}, found {trailer_len} bytes")
+    digest = f.read(DIGEST_SIZE)
+    if len(digest) != DIGEST_SIZE or f.read(1):
+        raise _corrupt(path, "truncated: the checksum is cut short")
+    if digest != r.hash.digest():
+        raise _corrupt(path, "checksum mismatch: the file was damaged after it was written")
+    if items != info.items:
+        raise _corrupt(path, f"holds {items} items; its trailer says {info.items}")
+
+
+def _open_verified(path: str | os.PathLike[str]) -> tuple[BinaryIO, SnapshotInfo]:
+    """The snapshot open (at its start) once its whole checksum has been checked."""
+    p = Path(path)
+    try:
+        f = open(p, "rb", buffering=1 << 20)  # noqa: SIM115 (handed to the caller)
+    except FileNotFoundError as exc:
+        raise SnapshotNotFound(
+            f"snapshot {str(p)!r} does not exist", context={"path": str(p)}
+        ) from exc
+    except IsADirectoryError as exc:
+        raise _corrupt(p, "is a directory") from exc
+    try:
+        size = os.fstat(f.fileno()).st_size
+        info = _read_info(f.fileno(), p, size)
+        _scan(f, p, size, info, None)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f, info
+
+
+def read_snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
+    """A snapshot's header and trailer: magic and format version checked,
+    the items and the checksum not (``verify_snapshot`` does that)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise SnapshotNotFound(
+            f"snapshot {str(p)!r} does not exist", context={"path": str(p)}
+        ) from exc
+    try:
+        return _read_info(fd, p, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def verify_snapshot(path: str | os.PathLike[str]) -> SnapshotInfo:
+    """Read the whole snapshot and check its framing, item count and checksum.
+
+    Raises ``SnapshotCorrupt`` (``context["reason"]`` says what is wrong) or
+    ``SnapshotNotFound``.
+    """
+    f, info = _open_verified(path)
+    f.close()
+    return info
+
+
+# ---- restoring ---------------------------------------------------------------
+
+
+def restore(
+    cache: Cache, path: str | os.PathLike[str], *, progress: Progress | None = None
+) -> RestoreReport:
+    """Load the snapshot at ``path`` into ``cache`` (an existing cache: items
+    with the same key are overwritten; others stay).
+
+    The whole file is checked first (``SnapshotCorrupt`` before anything is
+    stored); expired items are counted, not stored. ``progress(done, total)``
+    is called with ``(0, total)`` before the check and then about every 1% of
+    the ``total`` items loaded.
+    """
+    t0 = time.monotonic()
+    if progress is not None:
+        info = read_snapshot_info(path)
+        progress(0, info.items)
+    f, info = _open_verified(path)
+    with f:
+        return _load(cache, f, info, progress, t0)
+
+
+def restore_latest(
+    cache: Cache, directory: str | os.PathLike[str], *, progress: Progress | None = None
+) -> RestoreReport:
+    """Load the newest valid snapshot of ``cache.name`` in ``directory``.
+
+    Snapshots that are corrupt, truncated or unreadable are passed over (each
+    listed in ``.skipped`` with the reason, and logged as a warning) and the
+    next older one is tried. With no usable snapshot, ``.path`` is None.
+    """
+    t0 = time.monotonic()
+    skipped: list[tuple[str, str]] = []
+    for path in list_snapshots(directory, cache.name):
+        try:
+            if progress is not None:
+                progress(0, read_snapshot_info(path).items)
+            f, info = _open_verified(path)
+        except (SnapshotCorrupt, SnapshotNotFound, OSError) as exc:
+            if isinstance(exc, SnapshotCorrupt):
+                reason = str(exc.context.get("reason", exc))
+            elif isinstance(exc, SnapshotNotFound):
+                reason = "removed while restoring"
+            else:
+                reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+            log.warning("skipping snapshot %s: %s", path, reason)
+            skipped.append((str(path), reason))
+            continue
+        with f:
+            report = _load(cache, f, info, progress, t0)
+        report.skipped = skipped
+        return report
+    return RestoreReport(
+        path=None, restored=0, expired=0, skipped=skipped, seconds=time.monotonic() - t0
+    )
+
+
+def _load(
+    cache: Cache, f: BinaryIO, info: SnapshotInfo, progress: Progress | None, t0: float
+) -> RestoreReport:
+    path = Path(info.path)
+    size = info.file_size
+    total = info.items
+    step = max(1, total // 100)
+    pickle_ok = cache.settings["serializer"] == SERIALIZERS["pickle"]
+    import_item = cache._import_item
+    counts = [0, 0, 0]  # restored, expired, rejected
+    next_report = [step]
+    done = [0]
+
+    def load(items: list[Item]) -> None:
+        restored = expired = rejected = 0
+        for key, flags, expire_ns, value in items:
+            if not pickle_ok and flags & KIND_MASK == KIND_PICKLE:
+                rejected += 1
+                continue
+            try:
+                if import_item(key, flags, expire_ns, value):
+                    restored += 1
+                else:
+                    expired += 1
+            except (KeyTooLarge, ValueTooLarge):
+                rejected += 1
+        counts[0] += restored
+        counts[1] += expired
+        counts[2] += rejected
+        done[0] += len(items)
+        if progress is not None and done[0] >= next_report[0] and done[0] < total:
+            progress(done[0], total)
+            next_report[0] = done[0] + step
+
+    _scan(f, path, size, info, load)
+    if progress is not None:
+        progress(total, total)
+    restored, expired, rejected = counts
+    if rejected:
+        log.warning(
+            "restore of %s into cache %r: %d items refused (over this cache's key/value "
+            "limits, or pickled values in a cache not opened with serializer='pickle')",
+            path, cache.name, rejected,
+        )  # fmt: skip
+    return RestoreReport(
+        path=str(path),
+        restored=restored,
+        expired=expired,
+        skipped=[],
+        rejected=rejected,
+        seconds=time.monotonic() - t0,
+    )
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "RestoreReport",
+    "SnapshotInfo",
+    "list_snapshots",
+    "read_snapshot_info",
+    "restore",
+    "restore_latest",
+    "snapshot_name",
+    "verify_snapshot",
+    "write_snapshot",
+]
