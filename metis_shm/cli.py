@@ -9,6 +9,8 @@ Subcommands:
 * ``metis check NAME [--json]``: the full consistency check of a segment.
 * ``metis snapshot NAME --dir DIR`` / ``metis restore NAME --dir DIR``: write a
   snapshot of a cache, or load the newest valid one (docs/persistence.md).
+* ``metis config check FILE`` / ``metis config show``: validate a metisd
+  configuration, or print the effective one with each value's source.
 
 Exit codes: 0 success, 1 the check found problems (or anything else went
 wrong), 2 bad usage or bad input (the error's code is printed).
@@ -23,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from metis_shm import cli_snapshot
+from metis_shm import cli_config, cli_snapshot
 from metis_shm.cache import Cache
 from metis_shm.errors import MetisError
 from metis_shm.simulate import (
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_cmd_check)
 
     cli_snapshot.register(sub)
+    cli_config.register(sub)
     return parser
 
 
