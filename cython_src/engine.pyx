@@ -410,6 +410,35 @@ cdef class Engine:
             metis_store_relaxed_u64(&src[i].misses, 0)
             metis_store_relaxed_u64(&src[i].read_retries, 0)
 
+    def _slot_owners(self):
+        """(slot index, pid, claimed_ns) of every claimed per-process slot."""
+        cdef uint32_t i, pid
+        cdef SlotHeader *sl
+        self._check_open()
+        out = []
+        for i in range(1, self._hdr.n_slots):
+            sl = self._slot_at(i)
+            pid = metis_load_relaxed_u32(&sl.pid)
+            if pid:
+                out.append((i, pid, sl.claimed_ns))
+        return out
+
+    def _reclaim_slot(self, uint32_t index, uint32_t pid):
+        """Free the slot of a process known to be gone (metisd asks psutil):
+        its counts move to shared slot 0. False if the slot changed owner."""
+        cdef SlotHeader *sl
+        cdef uint32_t me = os.getpid()
+        self._check_open()
+        if index == 0 or index >= self._hdr.n_slots or pid == me:
+            return False
+        sl = self._slot_at(index)
+        # Own it first, so no other process folds the same counts twice.
+        if not metis_cas_u32(&sl.pid, pid, me):
+            return False
+        self._fold_slot(sl)
+        metis_store_release_u32(&sl.pid, 0)
+        return True
+
     def _release_slot(self):
         if self._slot != NULL and not self._shared_slot:
             self._fold_slot(self._slot)

@@ -258,6 +258,18 @@ DAEMON_CACHE_METRICS: tuple[tuple[str, str, str, str], ...] = (
         "counter",
         "Shard repairs seen by metisd since it started.",
     ),
+    (
+        "slots_reclaimed",
+        "metis_daemon_slots_reclaimed_total",
+        "counter",
+        "Stats slots of exited processes freed (psutil says their owner is gone).",
+    ),
+    (
+        "attached_processes",
+        "metis_daemon_attached_processes",
+        "gauge",
+        "Live processes with the cache open (stats slots in use), metisd excluded.",
+    ),
     ("snapshots_written", "metis_daemon_snapshots_written_total", "counter", "Snapshots written."),
     (
         "snapshots_failed",

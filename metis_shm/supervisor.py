@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgspec
+import psutil
 
 from metis_shm import __version__, _engine, segment
 from metis_shm.cache import Cache, _setting_name, _settings
@@ -120,6 +121,8 @@ class CacheCounters:
     rollups: int = 0
     last_rollup_seconds: float = 0.0
     lock_recoveries: int = 0
+    slots_reclaimed: int = 0
+    attached_processes: int = 0
     snapshots_written: int = 0
     snapshots_failed: int = 0
     snapshots_skipped: int = 0
@@ -223,6 +226,19 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def _process_gone(pid: int, claimed_ns: int) -> bool:
+    """Has the process that claimed a slot at claimed_ns exited?"""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:  # another user's live process
+        return False
+    # create_time has ~10 ms resolution: a process started a second after the
+    # claim cannot be the claimer.
+    return started > claimed_ns / 1e9 + 1.0
 
 
 def owning_daemon(header: dict[str, Any]) -> int | None:
@@ -743,6 +759,7 @@ class Daemon:
         c.rollups += 1
         c.last_rollup_seconds = time.monotonic() - t0
         managed.last_stats = stats
+        self._reclaim_dead_slots(managed)
         if managed.recoveries_base is None:
             managed.recoveries_base = stats.lock_recoveries
         seen = stats.lock_recoveries - managed.recoveries_base
@@ -770,6 +787,27 @@ class Daemon:
             if problem:
                 log.error("%s", problem)
             managed.problem = problem
+
+    def _reclaim_dead_slots(self, managed: Managed) -> None:
+        """Free the stats slots of processes that are gone (their counts stay
+        in the totals), and count the processes still attached. A pid that
+        now names a process started after the slot was claimed was reused:
+        that owner is gone too."""
+        alive = 0
+        try:
+            owners = managed.cache._slot_owners()
+        except Exception as exc:
+            self._count_error(managed, "slot reclaim", exc)
+            return
+        for index, pid, claimed_ns in owners:
+            if pid == self.pid:
+                continue
+            if _process_gone(pid, claimed_ns):
+                if managed.cache._reclaim_slot(index, pid):
+                    managed.counters.slots_reclaimed += 1
+            else:
+                alive += 1
+        managed.counters.attached_processes = alive
 
     def _count_error(self, managed: Managed, step: str, exc: BaseException) -> None:
         c = managed.counters
