@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
-from typing import TextIO
 
 from metis_shm import cli_config, cli_snapshot
 from metis_shm.cache import Cache
 from metis_shm.errors import MetisError
+from metis_shm.progress import ProgressLine
 from metis_shm.simulate import (
     Progress,
     SimulationResult,
@@ -246,36 +245,6 @@ def _parse_shards(text: str) -> int | None:
     return int(text)
 
 
-class _ProgressLine:
-    """Progress on stderr: one updating line on a TTY, else a line every 10%."""
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream = stream
-        self.label = label
-        self.tty = stream.isatty()
-        self.last_tenth = -1
-        self.last_draw = 0.0
-        self.start = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100.0 if total == 0 else 100.0 * done / total
-        if self.tty:
-            now = time.monotonic()
-            if done < total and now - self.last_draw < 0.1:
-                return
-            self.last_draw = now
-            self.stream.write(f"\r{self.label}: {pct:5.1f}% ({done:,}/{total:,} requests)")
-            if done >= total:
-                self.stream.write(f" {now - self.start:.1f}s\n")
-            self.stream.flush()
-        else:
-            tenth = int(pct // 10)
-            if tenth > self.last_tenth:
-                self.last_tenth = tenth
-                self.stream.write(f"{self.label}: {pct:3.0f}% ({done:,}/{total:,} requests)\n")
-                self.stream.flush()
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     sizes = _parse_sizes(args.sizes)
     policies = _parse_policies(args.policies)
@@ -290,7 +259,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     results = []
     for path in args.traces:
         progress: Progress | None = (
-            None if args.quiet else _ProgressLine(sys.stderr, trace_name(path))
+            None if args.quiet else ProgressLine(sys.stderr, trace_name(path), "requests")
         )
         keys = load_trace(path, args.format, csv_column=args.csv_column, csv_header=args.csv_header)
         results.append(

@@ -18,10 +18,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from metis_shm.cache import Cache
 from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
+from metis_shm.progress import ProgressLine
 from metis_shm.snapshot import (
     SnapshotInfo,
     list_snapshots,
@@ -110,35 +111,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rest.set_defaults(handler=_cmd_restore)
 
 
-class _Progress:
-    """Progress on stderr: one updating line on a TTY, else a line every 10%."""
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream = stream
-        self.label = label
-        self.tty = stream.isatty()
-        self.last_tenth = -1
-        self.last_draw = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
-        finished = done >= total
-        if self.tty:
-            now = time.monotonic()
-            if not finished and now - self.last_draw < 0.1:
-                return
-            self.last_draw = now
-            end = "\n" if finished else ""
-            self.stream.write(f"\r{self.label}: {pct:5.1f}% ({done:,}/{total:,} items){end}")
-        else:
-            tenth = int(pct // 10)
-            if tenth <= self.last_tenth:
-                return
-            self.last_tenth = tenth
-            self.stream.write(f"{self.label}: {pct:3.0f}% ({done:,}/{total:,} items)\n")
-        self.stream.flush()
-
-
 def _fail(command: str, exc: BaseException) -> int:
     print(f"metis {command}: error: {exc}", file=sys.stderr)
     if isinstance(exc, SnapshotCorrupt) or not isinstance(exc, MetisError):
@@ -147,7 +119,7 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
-    progress = None if args.quiet else _Progress(sys.stderr, f"snapshot {args.name}")
+    progress = None if args.quiet else ProgressLine(sys.stderr, f"snapshot {args.name}")
     t0 = time.monotonic()
     try:
         with Cache(args.name, create=False) as cache:
@@ -213,7 +185,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if cache is None:
         print(f"metis restore: no usable snapshot of {args.name!r} in {args.dir}", file=sys.stderr)
         return EXIT_FAILED
-    progress = None if args.quiet else _Progress(sys.stderr, f"restore {args.name}")
+    progress = None if args.quiet else ProgressLine(sys.stderr, f"restore {args.name}")
     try:
         with cache:
             try:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import msgspec
+import psutil
 
 from metis_shm import segment
 from metis_shm.cache import Cache
@@ -393,22 +394,12 @@ def _remove_stale_temps(directory: Path, name: str, older_than: float = 60.0) ->
     with os.scandir(directory) as entries:
         for entry in entries:
             m = pattern.match(entry.name)
-            if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
                 continue
             with contextlib.suppress(OSError):
                 if now - entry.stat().st_mtime > older_than:
                     os.unlink(entry.path)
                     log.info("removed the temp file of an unfinished snapshot: %s", entry.path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 # ---- reading -----------------------------------------------------------------

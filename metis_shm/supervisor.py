@@ -218,16 +218,6 @@ def set_log_level(level: str) -> None:
 # ---- opening caches --------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _process_gone(pid: int, claimed_ns: int) -> bool:
     """Has the process that claimed a slot at claimed_ns exited?"""
     try:
@@ -247,7 +237,7 @@ def owning_daemon(header: dict[str, Any]) -> int | None:
     beat = int(header.get("daemon_heartbeat_ns", 0))
     if not pid or pid == os.getpid() or time.time_ns() - beat > HEARTBEAT_FRESH_NS:
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if psutil.pid_exists(pid) else None
 
 
 def settings_mismatch(cache: Cache, cc: CacheConfig) -> dict[str, tuple[Any, Any]]:
