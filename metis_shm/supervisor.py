@@ -65,6 +65,7 @@ from metis_shm.health import HealthServer, render_metrics
 from metis_shm.snapshot import restore_latest, write_snapshot
 from metis_shm.stats import Stats
 from metis_shm.systemd import Notifier
+from metis_shm.telemetry import daemon_span
 from metis_shm.units import format_size
 
 log = logging.getLogger("metis_shm.daemon")
@@ -542,7 +543,9 @@ class Daemon:
                 self._heartbeat(other)
 
         try:
-            report = restore_latest(managed.cache, snap.path, progress=progress)
+            with daemon_span("restore", cache=name) as span:
+                report = restore_latest(managed.cache, snap.path, progress=progress)
+                span.set("items", report.restored)
         except _Interrupted:
             log.warning(
                 "cache %r: warm-up interrupted by a stop signal: the cache holds %s of the "
@@ -684,14 +687,16 @@ class Daemon:
             # still gets one pass).
             left = min(budget, max(len(cache), 1))
             c.sweeps += 1
-            while left > 0:
-                n = min(left, SWEEP_SLICE)
-                removed += cache.sweep(max_items=n)
-                c.sweep_slices += 1
-                left -= n
-                if left and time.monotonic() > deadline:
-                    c.sweeps_cut_short += 1
-                    break
+            with daemon_span("sweep", cache=managed.name) as span:
+                while left > 0:
+                    n = min(left, SWEEP_SLICE)
+                    removed += cache.sweep(max_items=n)
+                    c.sweep_slices += 1
+                    left -= n
+                    if left and time.monotonic() > deadline:
+                        c.sweeps_cut_short += 1
+                        break
+                span.set("removed", removed)
         except Exception as exc:
             self._count_error(managed, "sweep", exc)
         dt = time.monotonic() - t0
@@ -845,9 +850,11 @@ class Daemon:
                 progress(name, done, total)
 
         try:
-            info = write_snapshot(
-                managed.cache, snap.path, retention=snap.retention, progress=report
-            )
+            with daemon_span("snapshot", cache=name) as span:
+                info = write_snapshot(
+                    managed.cache, snap.path, retention=snap.retention, progress=report
+                )
+                span.set("items", info.items)
         except Exception as exc:
             c.snapshots_failed += 1
             c.last_snapshot_error = f"{type(exc).__name__}: {exc}"
@@ -875,6 +882,12 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: read the configuration again; apply what can change live."""
+        with daemon_span("reload") as span:
+            ok = self._reload_config()
+            span.set("ok", ok)
+            return ok
+
+    def _reload_config(self) -> bool:
         where = self.config_path or "the environment"
         log.info("SIGHUP received: reloading the configuration from %s", where)
         self.notifier.reloading()
