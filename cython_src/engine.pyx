@@ -557,7 +557,12 @@ cdef class Engine:
         if t <= 0:
             out[0] = 0
             return 1
-        out[0] = metis_now_ns() + <uint64_t>(t * 1e9)
+        # A TTL past year 2262 (int64 nanoseconds) is "never" in practice:
+        # clamp instead of overflowing into the past.
+        if t >= 9.0e9:
+            out[0] = <uint64_t>0x7FFFFFFFFFFFFFFF
+        else:
+            out[0] = metis_now_ns() + <uint64_t>(t * 1e9)
         return 0
 
     # ---- the read path -----------------------------------------------------

@@ -192,3 +192,8 @@ def test_sweep_keeps_live_items(cache: Cache) -> None:
     assert cache.sweep() == 0
     assert len(cache) == 100
     assert cache.stats().expirations == 0
+
+
+def test_huge_ttl_means_practically_never(cache) -> None:  # type: ignore[no-untyped-def]
+    cache.set("far", b"v", ttl=1e12)  # beyond int64 nanoseconds: clamped, not wrapped
+    assert cache.get("far") == b"v"
