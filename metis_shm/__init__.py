@@ -35,6 +35,7 @@ from metis_shm.errors import (
     TraceNotFound,
     ValueTooLarge,
 )
+from metis_shm.memoize import Memoized, MemoStats, memoize
 from metis_shm.stats import ShardStats, Stats
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "KeyNotFound",
     "KeyTooLarge",
     "LockUnrecoverable",
+    "MemoStats",
+    "Memoized",
     "MetisError",
     "NotACounter",
     "SegmentCorrupt",
@@ -67,5 +70,6 @@ __all__ = [
     "TraceNotFound",
     "ValueTooLarge",
     "__version__",
+    "memoize",
     "register_type",
 ]
