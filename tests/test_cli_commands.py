@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from metis_shm import Cache
@@ -198,7 +199,6 @@ def _screen(raw: str) -> str:
 
 
 def _spawn_top(name: str) -> object:
-    pexpect = pytest.importorskip("pexpect")
     env = {**os.environ, "COLUMNS": "100", "LINES": "30"}
     return pexpect.spawn(
         sys.executable,
@@ -212,7 +212,6 @@ def _spawn_top(name: str) -> object:
 
 
 def test_top_live_under_a_pty_q_quits(cache: Cache) -> None:
-    pexpect = pytest.importorskip("pexpect")
     cache.set_many({f"user:{i}": {"id": i} for i in range(200)})
     for i in range(300):
         cache.get(f"user:{i}")
@@ -242,7 +241,6 @@ def test_top_live_under_a_pty_q_quits(cache: Cache) -> None:
 
 
 def test_top_live_ctrl_c_quits(cache: Cache) -> None:
-    pexpect = pytest.importorskip("pexpect")
     child = _spawn_top(cache.name)
     try:
         child.expect("hit ratio")  # type: ignore[attr-defined]

@@ -7,10 +7,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import opentelemetry.sdk  # noqa: F401 - a test dependency (the test extra)
 import pytest
-
-pytest.importorskip("opentelemetry.sdk")
-
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider

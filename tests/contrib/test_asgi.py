@@ -10,11 +10,9 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import fastapi  # noqa: F401 - a test dependency (the test extra)
+import httpx  # noqa: F401 - a test dependency (the test extra)
 import pytest
-
-pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-
 from _workers import run_in_fork  # tests/ is on sys.path (conftest.py)
 from starlette.applications import Starlette
 from starlette.requests import Request

@@ -30,11 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-pytest.importorskip("django")
-
 import django
+import pytest
 from _workers import ForkedChild, new_name, run_in_fork  # tests/ is on sys.path (conftest.py)
 from django.conf import settings
 from django.core.cache import CacheKeyWarning, InvalidCacheBackendError, caches

@@ -9,12 +9,9 @@ import os
 import time
 from collections.abc import Iterator
 
-import pytest
-
-pytest.importorskip("flask_caching")
-
 import flask
 import flask_caching
+import pytest
 from _workers import run_in_fork  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("gunicorn")
-pytest.importorskip("django")
-
+from _servers import children as _children
+from _servers import free_port
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -49,27 +46,6 @@ WORKERS = 4
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(pid):
-            found.append(int(entry.name))
-    return found
 
 
 class Site:

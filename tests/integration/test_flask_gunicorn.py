@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("gunicorn")
-pytest.importorskip("flask_caching")
-
+from _servers import children, free_port
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -40,27 +36,6 @@ WORKERS = 4
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and fields[1] == str(pid):
-            found.append(int(entry.name))
-    return found
 
 
 class Gunicorn:

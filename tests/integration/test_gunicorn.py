@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,9 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("gunicorn")
-
+from _servers import children as _children
+from _servers import free_port
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -47,13 +45,6 @@ WORKERS = 4
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -195,23 +186,6 @@ class Server:
         for pid in worker_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc), for cleanup after a SIGKILL."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # field 4 (ppid) comes after the ")" that ends the command name
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(pid):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
