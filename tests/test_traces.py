@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import struct
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from metis_shm.traces import (
 )
 
 TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
+# The traces live beside the checkout (../shared/traces), as in CI, where
+# their absence is an error rather than a reason to skip.
+if os.environ.get("CI") and not TRACES.is_dir():
+    raise RuntimeError(f"CI without the shared traces at {TRACES}")
 needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"no traces at {TRACES}")
 
 
