@@ -17,10 +17,7 @@ then SIGKILL of the master and its workers) and the segment destroyed.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +30,7 @@ from typing import Any
 
 import pytest
 from _servers import children as _children
-from _servers import free_port
+from _servers import free_port, get_json, kill_tree, stop_tree
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -89,13 +86,8 @@ class Site:
 
     def get(self, path: str, timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict, int]:
         """One GET on a new connection: (status, JSON body, X-Worker-Pid)."""
-        url = f"http://127.0.0.1:{self.port}{path}"
-        req = urllib.request.Request(url, headers={"Connection": "close"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read()), int(resp.headers["X-Worker-Pid"])
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}"), int(exc.headers["X-Worker-Pid"])
+        status, body, headers = get_json(self.port, path, timeout)
+        return status, body, int(headers["X-Worker-Pid"])
 
     def wait_ready(self, port_race_ok: bool) -> bool:
         deadline = time.monotonic() + START_TIMEOUT
@@ -118,30 +110,14 @@ class Site:
         return False
 
     def stop(self) -> int | None:
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        elif self.proc is not None:
-            code = self.proc.returncode
+        code = stop_tree(self.proc, STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None
         return code
 
     def kill(self) -> None:
-        if self.proc is None:
-            return
-        workers = _children(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(self.proc, STOP_TIMEOUT)
 
 
 @pytest.fixture

@@ -18,10 +18,7 @@ destroyed in teardown.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from _servers import children as _children
-from _servers import free_port
+from _servers import free_port, get_json, kill_tree, stop_tree
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -152,24 +149,12 @@ class Server:
 
     def get(self, path: str, timeout: float = REQUEST_TIMEOUT) -> tuple[int, dict]:
         """One GET on a new connection; returns (status, decoded JSON body)."""
-        req = urllib.request.Request(self.base + path, headers={"Connection": "close"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+        status, body, _ = get_json(self.port, path, timeout)
+        return status, body
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit code."""
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        elif self.proc is not None:
-            code = self.proc.returncode
+        code = stop_tree(self.proc, STOP_TIMEOUT)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
@@ -177,15 +162,7 @@ class Server:
 
     def kill(self) -> None:
         """SIGKILL the master and whatever workers it left behind."""
-        if self.proc is None:
-            return
-        worker_pids = _children(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        for pid in worker_pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(self.proc, STOP_TIMEOUT)
 
 
 @pytest.fixture(params=[False, True], ids=["no-preload", "preload"])

@@ -10,22 +10,18 @@ the segment destroyed in teardown.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fastapi  # noqa: F401 - a test dependency (the test extra)
 import pytest
 import uvicorn  # noqa: F401 - a test dependency (the test extra)
-from _servers import children, free_port
+from _servers import children, free_port, get_json, stop_tree
 from _workers import new_name  # tests/ is on sys.path (conftest.py)
 
 from metis_shm import Cache
@@ -95,34 +91,10 @@ class Uvicorn:
     def get(
         self, path: str, timeout: float = REQUEST_TIMEOUT, headers: dict[str, str] | None = None
     ) -> tuple[int, dict, dict]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            headers={"Connection": "close", **(headers or {})},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                body = resp.read()
-                return resp.status, json.loads(body) if body else {}, dict(resp.headers.items())
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            return exc.code, json.loads(body) if body else {}, dict(exc.headers.items())
+        return get_json(self.port, path, timeout, headers)
 
     def stop(self) -> int | None:
-        code = None
-        if self.proc is not None:
-            pids = children(self.proc.pid)
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    code = self.proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=STOP_TIMEOUT)
-            else:
-                code = self.proc.returncode
-            for pid in pids:  # workers left behind by a killed master
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        code = stop_tree(self.proc, STOP_TIMEOUT)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
