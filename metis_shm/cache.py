@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
-from metis_shm import _engine, segment
+from metis_shm import _engine, audit, segment
 from metis_shm.codec import SERIALIZERS, Codec
 from metis_shm.errors import InvalidConfig
 from metis_shm.stats import Stats, build_stats
@@ -78,8 +79,14 @@ class Cache(_engine.Engine):
         default_ttl: float | str | None = None,
         mode: int = 0o600,
         create: bool = True,
+        group: int | str | None = None,
+        trusted_owners: Iterable[int | str] = (),
+        allow_foreign_owner: bool = False,
     ) -> None:
         self.name = segment.validate_name(name)
+        owners = segment.OwnerCheck.build(
+            trusted_owners=trusted_owners, group=group, allow_foreign_owner=allow_foreign_owner
+        )
         settings = _settings(
             capacity=capacity, policy=policy, max_key_size=max_key_size,
             max_value_size=max_value_size, compress_threshold=compress_threshold,
@@ -105,7 +112,9 @@ class Cache(_engine.Engine):
             plan = _engine.plan_layout(cap, n_shards, max_entries or 0, policy=settings["policy"])
         except ValueError as exc:
             raise InvalidConfig(f"capacity: {exc}", context={"field": "capacity"}) from exc
-        opened = segment.create_or_open(self.name, plan, mode, create)
+        opened = segment.create_or_open(
+            self.name, plan, mode, create, gid=owners.group, owners=owners
+        )
         try:
             self._map(opened.fd, opened.size)
             if opened.created:
@@ -162,9 +171,20 @@ class Cache(_engine.Engine):
         """Remove the segment of cache ``name``. True if there was one.
 
         Processes that have it open keep working on their mapping until they
-        close it; the memory is freed when the last one does.
+        close it; the memory is freed when the last one does. Recorded in the
+        audit log (``metis_shm.audit``).
         """
-        return segment.destroy(name)
+        with audit.operation("destroy", name) as info:
+            removed = segment.destroy(name)
+            if not removed:
+                info["outcome"] = "absent"
+        return removed
+
+    def clear(self) -> None:
+        """Remove every item (for every process). Recorded in the audit log."""
+        with audit.operation("clear", self.name) as info:
+            info["items_before"] = len(self)
+            super().clear()
 
     @staticmethod
     def exists(name: str) -> bool:

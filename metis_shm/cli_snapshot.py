@@ -6,6 +6,11 @@
   load the newest valid snapshot (or F) into the cache; ``--create`` creates
   the cache first, with the snapshotted cache's settings.
 
+Encryption: ``--key-file F`` (or ``$METIS_SNAPSHOT_KEY``) encrypts a new
+snapshot with that key; for ``restore`` every ``--key-file`` (repeatable)
+is a key that may read. ``metis snapshot`` (on demand) and ``metis restore``
+are recorded in the audit log (``metis_shm.audit``, ``$METIS_AUDIT_FILE``).
+
 Progress goes to stderr, the summary to stdout. Exit codes: 0 success, 1 the
 snapshot could not be written or no usable snapshot was found (corrupt,
 truncated, none at all), 2 bad input (the error's code is printed).
@@ -15,11 +20,13 @@ truncated, none at all), 2 bad input (the error's code is printed).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from metis_shm import audit
 from metis_shm.cache import Cache
 from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
 from metis_shm.progress import ProgressLine
@@ -31,6 +38,7 @@ from metis_shm.snapshot import (
     restore_latest,
     write_snapshot,
 )
+from metis_shm.snapshot_crypto import KEY_ENV, SnapshotKeys, parse_key, read_key_file
 from metis_shm.units import format_size, parse_size
 
 EXIT_OK = 0
@@ -41,6 +49,7 @@ _SNAPSHOT_EXAMPLES = """\
 examples:
   metis snapshot app --dir /var/lib/metis
   metis snapshot app --dir /var/lib/metis --retention 5
+  metis snapshot app --dir /var/lib/metis --key-file /etc/metis/snapshot.key
 
 The file is DIR/metis.NAME.<UTC time>.snap, written atomically (temp file,
 fsync, rename); see docs/persistence.md.
@@ -51,6 +60,7 @@ examples:
   metis restore app --dir /var/lib/metis
   metis restore app --file /var/lib/metis/metis.app.20250101T120000.000000Z.snap
   metis restore app --dir /var/lib/metis --create --capacity 512MiB
+  metis restore app --dir /var/lib/metis --key-file new.key --key-file old.key
 
 Without --file the newest snapshot of NAME that passes its checksum is loaded;
 corrupt or truncated ones are reported and skipped. Nothing is stored before
@@ -80,6 +90,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="snapshots of this cache to keep, the new one included (default: 3)",
     )
+    snap.add_argument(
+        "--key-file",
+        metavar="F",
+        help="encrypt the snapshot (AES-256-GCM) with the key in F: 32 raw bytes, 64 hex "
+        "digits or base64 (default: $METIS_SNAPSHOT_KEY if set, else not encrypted)",
+    )
+    snap.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="give the file to GROUP (mode 0640) instead of mode 0600",
+    )
     snap.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     snap.set_defaults(handler=_cmd_snapshot)
 
@@ -107,6 +128,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SIZE",
         help="with --create: the new cache's capacity (default: the snapshotted one's)",
     )
+    rest.add_argument(
+        "--key-file",
+        metavar="F",
+        action="append",
+        default=[],
+        help="a key that may read encrypted snapshots (repeat for older keys; "
+        "$METIS_SNAPSHOT_KEY is one too)",
+    )
     rest.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     rest.set_defaults(handler=_cmd_restore)
 
@@ -122,37 +151,56 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     progress = None if args.quiet else ProgressLine(sys.stderr, f"snapshot {args.name}")
     t0 = time.monotonic()
     try:
-        with Cache(args.name, create=False) as cache:
-            info = write_snapshot(cache, args.dir, retention=args.retention, progress=progress)
+        with audit.operation("snapshot", args.name, trigger="metis snapshot") as details:
+            keys = SnapshotKeys.load(args.key_file)
+            with Cache(args.name, create=False) as cache:
+                info = write_snapshot(
+                    cache,
+                    args.dir,
+                    retention=args.retention,
+                    progress=progress,
+                    keys=keys,
+                    group=args.group,
+                )
+            details.update(path=info.path, items=info.items, key_id=info.key_id)
     except (MetisError, OSError) as exc:
         return _fail("snapshot", exc)
+    sealed = f", encrypted with key id {info.key_id}" if info.key_id else ""
     print(
         f"wrote {info.path}: {info.items:,} items, {format_size(info.bytes)} of keys and "
-        f"values, {format_size(info.file_size)} file, in {time.monotonic() - t0:.2f}s"
+        f"values, {format_size(info.file_size)} file{sealed}, in {time.monotonic() - t0:.2f}s"
     )
     return EXIT_OK
 
 
-def _settings_source(args: argparse.Namespace) -> SnapshotInfo | None:
+def _settings_source(args: argparse.Namespace, keys: SnapshotKeys | None) -> SnapshotInfo | None:
     """The snapshot whose settings a cache created by --create takes."""
     if args.file:
-        return read_snapshot_info(args.file)
+        return read_snapshot_info(args.file, keys=keys)
     for path in list_snapshots(args.dir, args.name):
         try:
-            return read_snapshot_info(path)
+            return read_snapshot_info(path, keys=keys)
         except (SnapshotCorrupt, OSError):
             continue
     return None
 
 
-def _open_for_restore(args: argparse.Namespace) -> Cache | None:
+def _restore_keys(args: argparse.Namespace) -> SnapshotKeys | None:
+    """Every --key-file and $METIS_SNAPSHOT_KEY: keys that read."""
+    keys = [read_key_file(path) for path in args.key_file]
+    if os.environ.get(KEY_ENV, "").strip():
+        keys.append(parse_key(os.environ[KEY_ENV].encode(), f"${KEY_ENV}"))
+    return SnapshotKeys(None, keys) if keys else None
+
+
+def _open_for_restore(args: argparse.Namespace, keys: SnapshotKeys | None) -> Cache | None:
     if not args.create:
         return Cache(args.name, create=False)
     if Cache.exists(args.name):
         if args.capacity is not None:  # logs that the existing cache keeps its own
             return Cache(args.name, capacity=args.capacity)
         return Cache(args.name)
-    source = _settings_source(args)
+    source = _settings_source(args, keys)
     if source is None:
         return None
     options: dict[str, Any] = source.cache_options()
@@ -179,7 +227,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             raise SnapshotNotFound(
                 f"snapshot {args.file!r} does not exist", context={"path": args.file}
             )
-        cache = _open_for_restore(args)
+        keys = _restore_keys(args)
+        cache = _open_for_restore(args, keys)
     except (MetisError, OSError) as exc:
         return _fail("restore", exc)
     if cache is None:
@@ -190,9 +239,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         with cache:
             try:
                 if args.file is not None:
-                    report = restore(cache, args.file, progress=progress)
+                    report = restore(cache, args.file, progress=progress, keys=keys)
                 else:
-                    report = restore_latest(cache, args.dir, progress=progress)
+                    report = restore_latest(cache, args.dir, progress=progress, keys=keys)
             except BaseException:
                 if cache.created:
                     Cache.destroy(args.name)  # created for nothing

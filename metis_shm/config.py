@@ -43,7 +43,7 @@ from metis_shm import _engine
 from metis_shm.cache import MAX_SHARDS, _settings, default_shards
 from metis_shm.codec import SERIALIZERS
 from metis_shm.errors import InvalidConfig, InvalidName
-from metis_shm.segment import validate_name
+from metis_shm.segment import resolve_group, resolve_uid, validate_name
 from metis_shm.units import format_size, parse_duration, parse_size
 
 log = logging.getLogger("metis_shm.config")
@@ -220,6 +220,52 @@ def _path(value: Any) -> str:
     return value
 
 
+def _file_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _Reject("a file path such as '/etc/metis/snapshot.key'")
+    return value
+
+
+def _path_list(value: Any) -> list[str]:
+    """A list of file paths; an environment string is split at commas."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise _Reject("a list of file paths (in the environment: separated by commas)")
+    return [_file_path(v) for v in value]
+
+
+def _group(value: Any) -> str | int:
+    """A group that exists on this machine: its name or gid, kept as given."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    try:
+        resolve_group(value)
+    except InvalidConfig as exc:
+        allowed = "the name or gid of an existing group (getent group NAME)"
+        raise _Reject(allowed, f"no group {value!r}" if "no group" in str(exc) else "") from None
+    assert isinstance(value, str | int)
+    return value.strip() if isinstance(value, str) else value
+
+
+def _owners(value: Any) -> list[str | int]:
+    """User names or uids; an environment string is split at commas."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise _Reject("a list of user names or uids (in the environment: separated by commas)")
+    owners: list[str | int] = []
+    for item in value:
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item.strip())
+        try:
+            resolve_uid(item)
+        except InvalidConfig:
+            raise _Reject("a list of existing user names or uids", f"no user {item!r}") from None
+        owners.append(item)
+    return owners
+
+
 def _unix_socket(value: Any) -> str:
     allowed = f"a socket path of at most {_UNIX_PATH_MAX} bytes such as '/run/metis/health.sock'"
     if (
@@ -262,6 +308,9 @@ CACHE_RULES: dict[str, Rule] = {
     "compress_threshold": _optional(_size(0, 2**63, "a size")),
     "serializer": _choice(sorted(SERIALIZERS)),
     "mode": _mode,
+    "group": _optional(_group),
+    "trusted_owners": _owners,
+    "allow_foreign_owner": _boolean,
 }
 SWEEP_RULES: dict[str, Rule] = {
     "interval": _duration(positive=True, allowed="a positive duration such as '1s' or '250ms'"),
@@ -273,6 +322,9 @@ SNAPSHOT_RULES: dict[str, Rule] = {
     "retention": _count(1, "a positive number of snapshots to keep"),
     "on_shutdown": _boolean,
     "enabled": _boolean,
+    "group": _optional(_group),
+    "key_file": _optional(_file_path),
+    "read_key_files": _path_list,
 }
 HEALTH_RULES: dict[str, Rule] = {
     "enabled": _boolean,
@@ -288,6 +340,7 @@ TOP_RULES: dict[str, Rule] = {
         "(clients call a daemon dead after 10s without a heartbeat)",
     ),
     "replace_incompatible": _boolean,
+    "audit_file": _optional(_file_path),
 }
 
 
@@ -352,6 +405,11 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compress_threshold: int | None = 16 * 1024
     serializer: str = "msgpack"
     mode: int = 0o600
+    group: str | int | None = None
+    """Share the segment with this group: mode 0660 and chgrp (docs/security.md)."""
+    trusted_owners: list[str | int] = msgspec.field(default_factory=list)
+    """Users (names or uids) whose existing segment metisd attaches to, besides itself and root."""
+    allow_foreign_owner: bool = False
 
     def __post_init__(self) -> None:
         _apply_rules(self, CACHE_RULES)
@@ -381,13 +439,18 @@ class SweepConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class SnapshotConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Snapshots to ``path`` every ``interval`` seconds (0: only at shutdown),
-    keeping the newest ``retention``."""
+    keeping the newest ``retention``; files given to ``group`` (mode 0640) if
+    set; encrypted with the key in ``key_file`` if set (or
+    ``$METIS_SNAPSHOT_KEY``), older keys in ``read_key_files`` still read."""
 
     path: str = "/var/lib/metis"
     interval: float = 300.0
     retention: int = 3
     on_shutdown: bool = True
     enabled: bool = True
+    group: str | int | None = None
+    key_file: str | None = None
+    read_key_files: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _apply_rules(self, SNAPSHOT_RULES)
@@ -414,6 +477,8 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     heartbeat_interval: float = 1.0
     replace_incompatible: bool = False
+    audit_file: str | None = None
+    """Append audit events (docs/security.md) to this JSON-lines file."""
 
     def __post_init__(self) -> None:
         _apply_rules(self, TOP_RULES)
@@ -950,7 +1015,7 @@ class _Merge:
             if prefix is None or var in ENV_VARS:
                 continue
             # Compare what follows the prefix: METIS_SWEEP_INTERVALL is a typo of
-            # METIS_SWEEP_INTERVAL, METIS_SNAPSHOT_KEY is somebody else's variable.
+            # METIS_SWEEP_INTERVAL, METIS_SNAPSHOT_ID is somebody else's variable.
             known = [v[len(prefix) :] for v in ENV_VARS if v.startswith(prefix)]
             close = difflib.get_close_matches(var[len(prefix) :], known, n=1, cutoff=0.8)
             if close:

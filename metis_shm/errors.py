@@ -113,6 +113,19 @@ class SegmentPermission(MetisError, PermissionError):
     code = "SEGMENT_PERMISSION"
 
 
+class SegmentOwner(SegmentPermission):
+    """An existing segment owned by a user this process does not trust.
+
+    Anyone who can write a segment can forge what every reader gets, so a
+    process only attaches to segments owned (file owner and the header's
+    creator uid) by itself or root, shared through the group it named
+    (``group=``), or owned by a uid in ``trusted_owners``;
+    ``allow_foreign_owner=True`` turns the check off. ``context`` holds
+    ``name``, ``owner_uid``, ``creator_uid``, ``gid`` and ``mode``."""
+
+    code = "SEGMENT_OWNER"
+
+
 class ShmNoSpace(MetisError, OSError):
     """The shared-memory file system has too little free space."""
 
@@ -160,6 +173,21 @@ class SnapshotNotFound(MetisError, FileNotFoundError):
     code = "SNAPSHOT_NOT_FOUND"
 
 
+class SnapshotKeyError(MetisError, ValueError):
+    """An encrypted snapshot this process has no key for (no key configured,
+    or none with the snapshot's key id), or a key file that is not a key.
+    ``context`` holds ``path`` and ``key_id`` where known."""
+
+    code = "SNAPSHOT_KEY"
+
+
+class CryptoUnavailable(MetisError, ImportError):
+    """Encrypted snapshots need the ``cryptography`` package:
+    ``pip install metis-shm[crypto]``."""
+
+    code = "CRYPTO_UNAVAILABLE"
+
+
 ERROR_CLASSES: dict[str, type[MetisError]] = {
     cls.code: cls
     for cls in (
@@ -177,6 +205,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         SegmentCorrupt,
         SegmentVersionMismatch,
         SegmentPermission,
+        SegmentOwner,
         ShmNoSpace,
         CacheClosed,
         LockUnrecoverable,
@@ -184,5 +213,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         TraceNotFound,
         SnapshotCorrupt,
         SnapshotNotFound,
+        SnapshotKeyError,
+        CryptoUnavailable,
     )
 }

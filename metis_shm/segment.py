@@ -10,25 +10,37 @@ object, reserves its pages (so a full /dev/shm fails now with a clear error,
 not later with SIGBUS), writes the header and marks it ready last. Everyone
 else attaches: waits briefly for "ready", then checks magic, layout version
 and size before mapping.
+
+Ownership: a segment is created mode 0600 (or 0660 and given to a group
+with ``group=``). Attaching checks who owns it before trusting a byte of it:
+anyone who can write a segment decides what every reader gets back, so a
+segment planted under the cache's name by another user must not be used.
+``OwnerCheck`` says which owners this process accepts (docs/security.md).
 """
 
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import re
+import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import posix_ipc
 
 from metis_shm import _engine
 from metis_shm.errors import (
+    InvalidConfig,
     InvalidName,
     SegmentCorrupt,
     SegmentForeign,
     SegmentNotFound,
+    SegmentOwner,
     SegmentPermission,
     SegmentVersionMismatch,
     ShmNoSpace,
@@ -36,6 +48,10 @@ from metis_shm.errors import (
 from metis_shm.units import format_size
 
 SHM_DIR = "/dev/shm"
+TRUSTED_OWNERS_ENV = "METIS_TRUSTED_OWNERS"
+"""Comma-separated user names or uids every ``Cache`` of the process trusts
+as segment owners, besides its ``trusted_owners`` argument (for operators:
+``METIS_TRUSTED_OWNERS=metis metis stats app`` as root)."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ATTACH_WAIT_SECONDS = 2.0
 
@@ -77,6 +93,177 @@ def check_free_space(name: str, needed: int) -> None:
         )
 
 
+# ---- owners and groups ---------------------------------------------------------
+
+
+def resolve_group(group: int | str | None, what: str = "group") -> int | None:
+    """The gid of ``group`` (a group name or a gid), None for None; InvalidConfig
+    if no such group exists."""
+    if group is None:
+        return None
+    if isinstance(group, bool) or not isinstance(group, int | str):
+        raise InvalidConfig(
+            f"{what}: {group!r} is not valid; expected a group name or a gid",
+            context={"field": what, "value": group},
+        )
+    if isinstance(group, int) or group.isdigit():
+        gid = int(group)
+        if not 0 <= gid < 2**32:
+            raise InvalidConfig(
+                f"{what}: {group!r} is not a valid gid", context={"field": what, "value": group}
+            )
+        return gid
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidConfig(
+            f"{what}: there is no group named {group!r} on this machine (getent group "
+            f"{group}); create it, or give an existing group name or gid",
+            context={"field": what, "value": group},
+        ) from None
+
+
+def resolve_uid(user: int | str, what: str = "trusted_owners") -> int:
+    """The uid of ``user`` (a user name or a uid); InvalidConfig if unknown."""
+    if isinstance(user, bool) or not isinstance(user, int | str):
+        raise InvalidConfig(
+            f"{what}: {user!r} is not valid; expected user names or uids",
+            context={"field": what, "value": user},
+        )
+    if isinstance(user, int) or user.isdigit():
+        uid = int(user)
+        if not 0 <= uid < 2**32:
+            raise InvalidConfig(
+                f"{what}: {user!r} is not a valid uid", context={"field": what, "value": user}
+            )
+        return uid
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise InvalidConfig(
+            f"{what}: there is no user named {user!r} on this machine",
+            context={"field": what, "value": user},
+        ) from None
+
+
+def user_name(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` for a uid with no passwd entry."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    """``name (gid N)``, or ``gid N`` for a gid with no group entry."""
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def effective_mode(mode: int, gid: int | None) -> int:
+    """The permission bits a segment gets: ``mode``, plus group read and
+    write when it is shared with a group."""
+    return mode | 0o060 if gid is not None else mode
+
+
+def apply_group(fd: int, gid: int, what: str) -> None:
+    """``fchown`` the file to group ``gid``; a clear error if we may not."""
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError as exc:
+        raise SegmentPermission(
+            f"{what}: cannot give it to group {group_name(gid)}: {exc.strerror}. A process "
+            f"can only give its files to a group it is a member of (see `id`), unless it "
+            f"runs as root",
+            context={"gid": gid},
+        ) from exc
+
+
+@dataclass(frozen=True)
+class OwnerCheck:
+    """Which owners of an existing segment this process accepts.
+
+    Accepted: a segment whose file owner and header creator uid are this
+    process's effective uid, root, or in ``trusted_uids``; or one shared
+    through ``group`` (its file group is ``group``, its mode gives the group
+    read and write, and this process is a member); or any at all with
+    ``allow_any``.
+    """
+
+    trusted_uids: frozenset[int] = field(default_factory=frozenset)
+    group: int | None = None
+    allow_any: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        trusted_owners: Iterable[int | str] = (),
+        group: int | str | None = None,
+        allow_foreign_owner: bool = False,
+    ) -> OwnerCheck:
+        """From the arguments of ``Cache`` (names resolved to ids) and
+        ``$METIS_TRUSTED_OWNERS``."""
+        if isinstance(trusted_owners, str | int):
+            trusted_owners = [trusted_owners]
+        from_env = os.environ.get(TRUSTED_OWNERS_ENV, "")
+        uids = frozenset(resolve_uid(u) for u in trusted_owners) | frozenset(
+            resolve_uid(p.strip(), TRUSTED_OWNERS_ENV) for p in from_env.split(",") if p.strip()
+        )
+        return cls(uids, resolve_group(group), bool(allow_foreign_owner))
+
+    def problem(self, st: os.stat_result, creator_uid: int | None) -> str | None:
+        """Why a segment with this status and creator is refused (None: accepted)."""
+        if self.allow_any:
+            return None
+        trusted = {os.geteuid(), 0} | self.trusted_uids
+        if (
+            self.group is not None
+            and st.st_gid == self.group
+            and st.st_mode & 0o060 == 0o060
+            and (self.group == os.getegid() or self.group in os.getgroups())
+        ):
+            return None
+        if st.st_uid not in trusted:
+            return f"is owned by {user_name(st.st_uid)}"
+        if creator_uid is not None and creator_uid not in trusted:
+            return f"was created by {user_name(creator_uid)} (its header says so)"
+        return None
+
+
+DEFAULT_OWNER_CHECK = OwnerCheck()
+
+
+def _check_owner(name: str, fd: int, check: OwnerCheck, creator_uid: int | None) -> None:
+    st = os.fstat(fd)
+    why = check.problem(st, creator_uid)
+    if why is None:
+        return
+    me = user_name(os.geteuid())
+    raise SegmentOwner(
+        f"cache {name!r}: {shm_path(name)} {why}, group {group_name(st.st_gid)}, mode "
+        f"{stat.S_IMODE(st.st_mode):04o}; this process runs as {me} and does not attach to "
+        f"a segment another user controls (whoever can write it decides what every reader "
+        f"gets). If that user is trusted: Cache(..., trusted_owners=[{st.st_uid}]), or share "
+        f"the cache through a group (group=... on both sides), or allow_foreign_owner=True; "
+        f"metisd: caches[].trusted_owners; metis commands: {TRUSTED_OWNERS_ENV}="
+        f"{st.st_uid}, or run them as the owner. Otherwise remove it: Cache.destroy({name!r})",
+        context={
+            "name": name,
+            "owner_uid": st.st_uid,
+            "creator_uid": creator_uid,
+            "gid": st.st_gid,
+            "mode": stat.S_IMODE(st.st_mode),
+            "euid": os.geteuid(),
+        },
+    )
+
+
+# ---- opening -------------------------------------------------------------------
+
+
 @dataclass
 class Opened:
     """An open segment file descriptor and what we learnt about it."""
@@ -87,11 +274,21 @@ class Opened:
     header: dict[str, Any] | None
 
 
-def create_or_open(name: str, plan: dict[str, int], mode: int, create: bool) -> Opened:
-    """Create the segment (sized, pages reserved) or open the existing one."""
+def create_or_open(
+    name: str,
+    plan: dict[str, int],
+    mode: int,
+    create: bool,
+    *,
+    gid: int | None = None,
+    owners: OwnerCheck = DEFAULT_OWNER_CHECK,
+) -> Opened:
+    """Create the segment (sized, pages reserved; mode ``mode``, or shared
+    with group ``gid``) or open the existing one (its owner checked)."""
     if create:
         try:
-            shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=mode)
+            # 0600 until the group is set: nobody else opens it half-made.
+            shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=0o600)
         except posix_ipc.ExistentialError:
             pass
         except posix_ipc.PermissionsError as exc:
@@ -99,14 +296,17 @@ def create_or_open(name: str, plan: dict[str, int], mode: int, create: bool) -> 
         else:
             fd = shm.fd
             try:
-                os.fchmod(fd, mode)  # shm_open applies the umask; we promise `mode`
+                if gid is not None:
+                    apply_group(fd, gid, f"cache {name!r}")
+                # shm_open applies the umask; we promise the mode
+                os.fchmod(fd, effective_mode(mode, gid))
                 _reserve(name, fd, plan["segment_size"])
             except BaseException:
                 os.close(fd)
                 _unlink_quietly(name)
                 raise
             return Opened(fd, plan["segment_size"], True, None)
-    return attach(name)
+    return attach(name, owners)
 
 
 def _reserve(name: str, fd: int, size: int) -> None:
@@ -125,8 +325,9 @@ def _reserve(name: str, fd: int, size: int) -> None:
             raise
 
 
-def attach(name: str) -> Opened:
-    """Open an existing segment and check it is a ready Metis segment we can read."""
+def attach(name: str, owners: OwnerCheck = DEFAULT_OWNER_CHECK) -> Opened:
+    """Open an existing segment and check that its owner is one ``owners``
+    accepts and that it is a ready Metis segment we can read."""
     try:
         shm = posix_ipc.SharedMemory(shm_name(name))
     except posix_ipc.ExistentialError:
@@ -135,17 +336,40 @@ def attach(name: str) -> Opened:
             context={"name": name},
         ) from None
     except posix_ipc.PermissionsError as exc:
-        raise SegmentPermission(
-            f"cannot open cache {name!r}: {exc} (segments are created mode 0600 by their owner)",
-            context={"name": name},
-        ) from exc
+        raise _permission_denied(name, exc) from exc
     fd = shm.fd
     try:
+        # Before reading the header: nothing from a foreign segment is used.
+        _check_owner(name, fd, owners, None)
         header = _wait_ready(name, fd)
+        _check_owner(name, fd, owners, int(header["creator_uid"]))
     except BaseException:
         os.close(fd)
         raise
     return Opened(fd, header["segment_size"], False, header)
+
+
+def _permission_denied(name: str, exc: Exception) -> SegmentPermission:
+    """EACCES at open: say whose segment it is and how to share it."""
+    context: dict[str, Any] = {"name": name, "euid": os.geteuid()}
+    try:
+        st = os.stat(shm_path(name))
+    except OSError:
+        whose = ""
+    else:
+        context.update(owner_uid=st.st_uid, gid=st.st_gid, mode=stat.S_IMODE(st.st_mode))
+        whose = (
+            f": it belongs to {user_name(st.st_uid)}, group {group_name(st.st_gid)}, mode "
+            f"{stat.S_IMODE(st.st_mode):04o}"
+        )
+    return SegmentPermission(
+        f"cannot open cache {name!r} ({shm_path(name)}) as {user_name(os.geteuid())}: "
+        f"permission denied{whose}. Segments are created 0600 (only their owner opens "
+        f"them); to share one, create it with group=GROUP (mode 0660; metisd: "
+        f"caches[].group) and run the other processes in that group, or run them as "
+        f"the owner",
+        context=context,
+    )
 
 
 def _wait_ready(name: str, fd: int) -> dict[str, Any]:

@@ -31,6 +31,17 @@ same bytes and every value reads back as it was written; expire times are
 wall-clock nanoseconds (``CLOCK_REALTIME``), so TTLs survive a reboot.
 Each shard is exported under its lock: a consistent cut of that shard, taken
 one shard after the other.
+
+Encryption (``keys=`` with a write key): the same byte stream, sealed with
+AES-256-GCM in records (snapshot_crypto.py); readers given the keys see the
+plain stream, so every check above applies to encrypted files too, after
+each record has been authenticated. A record that fails authentication is a
+corrupt snapshot (skipped by ``restore_latest`` like a bad checksum); a file
+whose key is not configured raises ``SnapshotKeyError`` (never skipped: an
+older snapshot would silently bring back older data).
+
+Permissions: files are created 0600, or 0640 and given to ``group``;
+restores are recorded in the audit log (``metis_shm.audit``).
 """
 
 from __future__ import annotations
@@ -44,12 +55,12 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, Protocol
 
 import msgspec
 import psutil
 
-from metis_shm import segment
+from metis_shm import audit, segment
 from metis_shm.cache import Cache
 from metis_shm.codec import KIND_MASK, KIND_PICKLE, SERIALIZERS
 from metis_shm.errors import (
@@ -58,6 +69,12 @@ from metis_shm.errors import (
     SnapshotCorrupt,
     SnapshotNotFound,
     ValueTooLarge,
+)
+from metis_shm.snapshot_crypto import (
+    MAGIC_ENCRYPTED,
+    DecryptedSource,
+    EncryptingWriter,
+    SnapshotKeys,
 )
 
 log = logging.getLogger("metis_shm")
@@ -99,6 +116,8 @@ class SnapshotInfo(msgspec.Struct):
     capacity: int = 0
     file_size: int = 0
     settings: dict[str, Any] = {}
+    key_id: str | None = None
+    """The id of the key the file is encrypted with (None: not encrypted)."""
 
     def cache_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Cache(name, **options)`` that create a cache
@@ -208,8 +227,12 @@ def list_snapshots(directory: str | os.PathLike[str], name: str) -> list[Path]:
 # ---- writing -----------------------------------------------------------------
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+
 class _HashingWriter:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: _Sink) -> None:
         self.f = f
         self.hash = hashlib.blake2b(digest_size=DIGEST_SIZE)
         self.size = 0
@@ -253,6 +276,8 @@ def write_snapshot(
     retention: int = 3,
     progress: Progress | None = None,
     mode: int = 0o600,
+    keys: SnapshotKeys | None = None,
+    group: int | str | None = None,
 ) -> SnapshotInfo:
     """Write a snapshot of ``cache``'s live items into ``directory`` (created
     if missing) and keep only the newest ``retention`` snapshots of this
@@ -266,24 +291,39 @@ def write_snapshot(
     ``progress(done, total)`` is called about every 1% of the items: ``total``
     is ``len(cache)`` when the snapshot starts (it counts expired items not yet
     swept, so it is an estimate); the last call has ``done == total``.
+
+    ``keys`` with a write key: the file is encrypted (AES-256-GCM) with it.
+    ``group`` (a name or gid): the file is given to that group, mode 0640
+    (group may read: restore it; a finished snapshot is never written again).
     """
     if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
         raise InvalidConfig(
             f"retention: {retention!r} is not valid; expected a number of snapshots >= 1",
             context={"field": "retention", "value": retention},
         )
+    gid = segment.resolve_group(group, "group")
+    encrypt = keys is not None and keys.write_key is not None
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_directory(directory, gid)
     name = cache.name
     created_ns = time.time_ns()
     header = _header_for(cache, created_ns)
     _remove_stale_temps(directory, name)
     tmp = directory / f".{snapshot_name(name, created_ns)[: -len(SUFFIX)]}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            os.fchmod(f.fileno(), mode)  # exactly ``mode``, whatever the umask
-            trailer = _write_body(cache, header, f, progress)
+            if gid is not None:
+                segment.apply_group(f.fileno(), gid, f"snapshot {str(tmp)!r}")
+            # exactly this mode, whatever the umask
+            os.fchmod(f.fileno(), mode | 0o040 if gid is not None else mode)
+            if encrypt:
+                assert keys is not None
+                sealed = EncryptingWriter(f, keys)
+                trailer = _write_body(cache, header, sealed, progress)
+                sealed.finish()
+            else:
+                trailer = _write_body(cache, header, f, progress)
             f.flush()
             os.fsync(f.fileno())
         final = _free_name(directory, name, created_ns)
@@ -309,10 +349,25 @@ def write_snapshot(
         capacity=header.capacity,
         file_size=final.stat().st_size,
         settings=header.settings,
+        key_id=keys.write_key_id if encrypt and keys is not None else None,
     )
 
 
-def _write_body(cache: Cache, header: _Header, f: BinaryIO, progress: Progress | None) -> _Trailer:
+def _make_directory(directory: Path, gid: int | None) -> None:
+    """Create the snapshot directory (0700; 0750 and given to the group) if missing."""
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750 if gid is not None else 0o700)
+    if gid is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            segment.apply_group(fd, gid, f"snapshot directory {str(directory)!r}")
+            os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
+
+
+def _write_body(cache: Cache, header: _Header, f: _Sink, progress: Progress | None) -> _Trailer:
     w = _HashingWriter(f)
     header_bytes = _encoder.encode(header)
     w.write(_PRELUDE.pack(MAGIC, FORMAT_VERSION, len(header_bytes)))
@@ -412,8 +467,59 @@ def _corrupt(path: Path, reason: str, offset: int | None = None) -> SnapshotCorr
     return SnapshotCorrupt(f"snapshot {str(path)!r} is unusable: {reason}", context=context)
 
 
-def _pread(fd: int, n: int, offset: int, path: Path, what: str) -> bytes:
-    data = os.pread(fd, n, offset)
+class _Source(Protocol):
+    """The plain snapshot stream of a file: its size, reads anywhere, reads in order."""
+
+    size: int
+    file_size: int
+    key_id: str | None
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+    def read(self, n: int) -> bytes: ...
+    def seek(self, offset: int) -> Any: ...
+
+
+class _PlainSource:
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.size = self.file_size = os.fstat(f.fileno()).st_size
+        self.key_id: str | None = None
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self._f.fileno(), n, offset)
+
+    def read(self, n: int) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, offset: int) -> Any:
+        return self._f.seek(offset)
+
+
+def _source(f: BinaryIO, path: Path, keys: SnapshotKeys | None) -> _Source:
+    """The plain stream of an open snapshot file, decrypted if it is encrypted."""
+    size = os.fstat(f.fileno()).st_size
+    if os.pread(f.fileno(), len(MAGIC_ENCRYPTED), 0) == MAGIC_ENCRYPTED:
+
+        def corrupt(reason: str, offset: int | None = None) -> SnapshotCorrupt:
+            return _corrupt(path, reason, offset)
+
+        return DecryptedSource(f, size, keys, corrupt, str(path))
+    return _PlainSource(f)
+
+
+def _open_file(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb", buffering=1 << 20)
+    except FileNotFoundError as exc:
+        raise SnapshotNotFound(
+            f"snapshot {str(path)!r} does not exist", context={"path": str(path)}
+        ) from exc
+    except IsADirectoryError as exc:
+        raise _corrupt(path, "is a directory") from exc
+
+
+def _pread(src: _Source, n: int, offset: int, path: Path, what: str) -> bytes:
+    data = src.pread(n, offset)
     if len(data) != n:
         raise _corrupt(path, f"truncated: {what} at offset {offset} is cut short", offset)
     return data
@@ -443,25 +549,26 @@ def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes, path: Path, what
         raise _corrupt(path, f"{what} at offset {offset} does not decode ({exc})", offset) from exc
 
 
-def _read_info(fd: int, path: Path, size: int) -> SnapshotInfo:
+def _read_info(src: _Source, path: Path) -> SnapshotInfo:
     """Header and trailer (both ends of the file), checked for shape only."""
+    size = src.size
     if size < _MIN_SIZE:
         raise _corrupt(path, f"truncated: {size} bytes is too short for a snapshot")
-    version, header_len = _check_prelude(path, _pread(fd, _PRELUDE.size, 0, path, "prelude"), size)
+    version, header_len = _check_prelude(path, _pread(src, _PRELUDE.size, 0, path, "prelude"), size)
     header: _Header = _decode(
-        _header_decoder, _pread(fd, header_len, _PRELUDE.size, path, "header"), path, "header",
+        _header_decoder, _pread(src, header_len, _PRELUDE.size, path, "header"), path, "header",
         _PRELUDE.size,
     )  # fmt: skip
     body_start = _PRELUDE.size + header_len
-    (trailer_len,) = _U32.unpack(_pread(fd, _U32.size, size - _TAIL_SIZE, path, "tail"))
+    (trailer_len,) = _U32.unpack(_pread(src, _U32.size, size - _TAIL_SIZE, path, "tail"))
     trailer_at = size - _TAIL_SIZE - trailer_len
     if trailer_len == 0 or trailer_at - _U32.size < body_start:
         raise _corrupt(path, "truncated or damaged: no trailer at the end of the file")
-    end = _U32.unpack(_pread(fd, _U32.size, trailer_at - _U32.size, path, "end marker"))[0]
+    end = _U32.unpack(_pread(src, _U32.size, trailer_at - _U32.size, path, "end marker"))[0]
     if end != 0:
         raise _corrupt(path, "truncated or damaged: no end marker before the trailer")
     trailer: _Trailer = _decode(
-        _trailer_decoder, _pread(fd, trailer_len, trailer_at, path, "trailer"), path, "trailer",
+        _trailer_decoder, _pread(src, trailer_len, trailer_at, path, "trailer"), path, "trailer",
         trailer_at,
     )  # fmt: skip
     return SnapshotInfo(
@@ -474,13 +581,14 @@ def _read_info(fd: int, path: Path, size: int) -> SnapshotInfo:
         format_version=version,
         policy=header.policy,
         capacity=header.capacity,
-        file_size=size,
+        file_size=src.file_size,
         settings=header.settings,
+        key_id=src.key_id,
     )
 
 
 class _HashingReader:
-    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
+    def __init__(self, f: _Source, path: Path, size: int) -> None:
         self.f = f
         self.path = path
         self.limit = size - DIGEST_SIZE
@@ -504,15 +612,15 @@ class _HashingReader:
 
 
 def _scan(
-    f: BinaryIO,
+    f: _Source,
     path: Path,
-    size: int,
     info: SnapshotInfo,
     on_items: Callable[[list[Item]], None] | None,
 ) -> None:
     """Read the whole file from the start, checking its framing, that every
     chunk decodes to well-formed items, their count and the checksum; hand
     each chunk's items to ``on_items`` if given."""
+    size = f.size
     f.seek(0)
     r = _HashingReader(f, path, size)
     _version, header_len = _check_prelude(path, r.read(_PRELUDE.size, "prelude"), size)
@@ -546,51 +654,44 @@ def _scan(
         raise _corrupt(path, f"holds {items} items; its trailer says {info.items}")
 
 
-def _open_verified(path: str | os.PathLike[str]) -> tuple[BinaryIO, SnapshotInfo]:
+def _open_verified(
+    path: str | os.PathLike[str], keys: SnapshotKeys | None
+) -> tuple[BinaryIO, _Source, SnapshotInfo]:
     """The snapshot open (at its start) once its whole checksum has been checked."""
     p = Path(path)
+    f = _open_file(p)
     try:
-        f = open(p, "rb", buffering=1 << 20)  # noqa: SIM115 (handed to the caller)
-    except FileNotFoundError as exc:
-        raise SnapshotNotFound(
-            f"snapshot {str(p)!r} does not exist", context={"path": str(p)}
-        ) from exc
-    except IsADirectoryError as exc:
-        raise _corrupt(p, "is a directory") from exc
-    try:
-        size = os.fstat(f.fileno()).st_size
-        info = _read_info(f.fileno(), p, size)
-        _scan(f, p, size, info, None)
-        f.seek(0)
+        src = _source(f, p, keys)
+        info = _read_info(src, p)
+        _scan(src, p, info, None)
+        src.seek(0)
     except BaseException:
         f.close()
         raise
-    return f, info
+    return f, src, info
 
 
-def read_snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
+def read_snapshot_info(
+    path: str | os.PathLike[str], *, keys: SnapshotKeys | None = None
+) -> SnapshotInfo:
     """A snapshot's header and trailer: magic and format version checked,
-    the items and the checksum not (``verify_snapshot`` does that)."""
+    the items and the checksum not (``verify_snapshot`` does that). An
+    encrypted snapshot needs its key in ``keys`` (else ``SnapshotKeyError``)."""
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise SnapshotNotFound(
-            f"snapshot {str(p)!r} does not exist", context={"path": str(p)}
-        ) from exc
-    try:
-        return _read_info(fd, p, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
+    with _open_file(p) as f:
+        return _read_info(_source(f, p, keys), p)
 
 
-def verify_snapshot(path: str | os.PathLike[str]) -> SnapshotInfo:
-    """Read the whole snapshot and check its framing, item count and checksum.
+def verify_snapshot(
+    path: str | os.PathLike[str], *, keys: SnapshotKeys | None = None
+) -> SnapshotInfo:
+    """Read the whole snapshot and check its framing, item count and checksum
+    (and, encrypted, every record's authentication tag).
 
-    Raises ``SnapshotCorrupt`` (``context["reason"]`` says what is wrong) or
-    ``SnapshotNotFound``.
+    Raises ``SnapshotCorrupt`` (``context["reason"]`` says what is wrong),
+    ``SnapshotNotFound``, or ``SnapshotKeyError`` (encrypted, key not given).
     """
-    f, info = _open_verified(path)
+    f, _src, info = _open_verified(path, keys)
     f.close()
     return info
 
@@ -599,7 +700,11 @@ def verify_snapshot(path: str | os.PathLike[str]) -> SnapshotInfo:
 
 
 def restore(
-    cache: Cache, path: str | os.PathLike[str], *, progress: Progress | None = None
+    cache: Cache,
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    keys: SnapshotKeys | None = None,
 ) -> RestoreReport:
     """Load the snapshot at ``path`` into ``cache`` (an existing cache: items
     with the same key are overwritten; others stay).
@@ -607,33 +712,68 @@ def restore(
     The whole file is checked first (``SnapshotCorrupt`` before anything is
     stored); expired items are counted, not stored. ``progress(done, total)``
     is called with ``(0, total)`` before the check and then about every 1% of
-    the ``total`` items loaded.
+    the ``total`` items loaded. An encrypted snapshot needs its key in
+    ``keys``. Recorded in the audit log.
     """
-    t0 = time.monotonic()
-    if progress is not None:
-        info = read_snapshot_info(path)
-        progress(0, info.items)
-    f, info = _open_verified(path)
-    with f:
-        return _load(cache, f, info, progress, t0)
+    with audit.operation("restore", cache.name, path=os.fspath(path)) as details:
+        t0 = time.monotonic()
+        if progress is not None:
+            info = read_snapshot_info(path, keys=keys)
+            progress(0, info.items)
+        f, src, info = _open_verified(path, keys)
+        with f:
+            report = _load(cache, src, info, progress, t0)
+        _audit_details(details, report)
+        return report
+
+
+def _audit_details(details: dict[str, Any], report: RestoreReport) -> None:
+    details.update(
+        path=report.path,
+        restored=report.restored,
+        expired=report.expired,
+        rejected=report.rejected,
+        skipped=len(report.skipped),
+    )
+    if report.path is None:
+        details["outcome"] = "nothing_to_restore"
 
 
 def restore_latest(
-    cache: Cache, directory: str | os.PathLike[str], *, progress: Progress | None = None
+    cache: Cache,
+    directory: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    keys: SnapshotKeys | None = None,
 ) -> RestoreReport:
     """Load the newest valid snapshot of ``cache.name`` in ``directory``.
 
-    Snapshots that are corrupt, truncated or unreadable are passed over (each
-    listed in ``.skipped`` with the reason, and logged as a warning) and the
-    next older one is tried. With no usable snapshot, ``.path`` is None.
+    Snapshots that are corrupt, truncated or unreadable (an encrypted one
+    that fails authentication too) are passed over (each listed in
+    ``.skipped`` with the reason, and logged as a warning) and the next older
+    one is tried. With no usable snapshot, ``.path`` is None. An encrypted
+    snapshot whose key is not in ``keys`` raises ``SnapshotKeyError``.
+    Recorded in the audit log.
     """
+    with audit.operation("restore", cache.name, directory=os.fspath(directory)) as details:
+        report = _restore_latest(cache, directory, progress, keys)
+        _audit_details(details, report)
+        return report
+
+
+def _restore_latest(
+    cache: Cache,
+    directory: str | os.PathLike[str],
+    progress: Progress | None,
+    keys: SnapshotKeys | None,
+) -> RestoreReport:
     t0 = time.monotonic()
     skipped: list[tuple[str, str]] = []
     for path in list_snapshots(directory, cache.name):
         try:
             if progress is not None:
-                progress(0, read_snapshot_info(path).items)
-            f, info = _open_verified(path)
+                progress(0, read_snapshot_info(path, keys=keys).items)
+            f, src, info = _open_verified(path, keys)
         except (SnapshotCorrupt, SnapshotNotFound, OSError) as exc:
             if isinstance(exc, SnapshotCorrupt):
                 reason = str(exc.context.get("reason", exc))
@@ -645,7 +785,7 @@ def restore_latest(
             skipped.append((str(path), reason))
             continue
         with f:
-            report = _load(cache, f, info, progress, t0)
+            report = _load(cache, src, info, progress, t0)
         report.skipped = skipped
         return report
     return RestoreReport(
@@ -654,10 +794,9 @@ def restore_latest(
 
 
 def _load(
-    cache: Cache, f: BinaryIO, info: SnapshotInfo, progress: Progress | None, t0: float
+    cache: Cache, f: _Source, info: SnapshotInfo, progress: Progress | None, t0: float
 ) -> RestoreReport:
     path = Path(info.path)
-    size = info.file_size
     total = info.items
     step = max(1, total // 100)
     pickle_ok = cache.settings["serializer"] == SERIALIZERS["pickle"]
@@ -687,7 +826,7 @@ def _load(
             progress(done[0], total)
             next_report[0] = done[0] + step
 
-    _scan(f, path, size, info, load)
+    _scan(f, path, info, load)
     if progress is not None:
         progress(total, total)
     restored, expired, rejected = counts
@@ -712,6 +851,7 @@ __all__ = [
     "MAGIC",
     "RestoreReport",
     "SnapshotInfo",
+    "SnapshotKeys",
     "list_snapshots",
     "read_snapshot_info",
     "restore",

@@ -28,6 +28,13 @@ reloads the file (live settings apply, the rest are logged as needing a
 restart, an invalid file is refused and the running configuration kept),
 ``SIGUSR1`` writes a snapshot now.
 
+Admin operations (reload, the configuration changes it applies, a snapshot
+on demand, a segment destroyed or replaced, the warm-up restore) go to the
+audit log (``metis_shm.audit``; ``audit_file`` for a JSON-lines file).
+Snapshots are encrypted when ``snapshot.key_file`` (or
+``METIS_SNAPSHOT_KEY``) gives a key; the keys are read at start, and a key
+that cannot be read stops the start (exit 2).
+
 Exit status: 0 stopped cleanly; 1 failure; 2 bad configuration or usage;
 3 refused to start (an incompatible segment, or another metisd owns a cache).
 """
@@ -50,19 +57,23 @@ from typing import Any
 import msgspec
 import psutil
 
-from metis_shm import __version__, _engine, segment
+from metis_shm import __version__, _engine, audit, segment
 from metis_shm.cache import Cache, _setting_name, _settings
 from metis_shm.config import CacheConfig, DaemonConfig, LoadedConfig, diff_config, load_config
 from metis_shm.errors import (
+    CryptoUnavailable,
     InvalidConfig,
     MetisError,
     SegmentCorrupt,
     SegmentForeign,
     SegmentNotFound,
+    SegmentPermission,
     SegmentVersionMismatch,
+    SnapshotKeyError,
 )
 from metis_shm.health import HealthServer, render_metrics
 from metis_shm.snapshot import restore_latest, write_snapshot
+from metis_shm.snapshot_crypto import SnapshotKeys
 from metis_shm.stats import Stats
 from metis_shm.systemd import Notifier
 from metis_shm.telemetry import daemon_span
@@ -276,23 +287,32 @@ def _create(cc: CacheConfig) -> Cache:
         return Cache(cc.name, **cc.cache_kwargs(), create=True)
     except INCOMPATIBLE:
         raise
+    except SegmentPermission as exc:  # another user's segment: an operator must act
+        raise StartupError(f"cannot open cache {cc.name!r}: {exc}", EXIT_REFUSED) from exc
     except MetisError as exc:
         raise StartupError(f"cannot open cache {cc.name!r}: {exc}") from exc
 
 
 def _apply_mode(cc: CacheConfig) -> None:
-    """Give an existing segment the configured permission bits (a chmod: no
-    need to recreate it for that)."""
+    """Give an existing segment the configured group and permission bits (a
+    chown and a chmod: no need to recreate it for that)."""
     path = segment.shm_path(cc.name)
     try:
-        current = os.stat(path).st_mode & 0o777
-        if current != cc.mode:
-            os.chmod(path, cc.mode)
+        gid = segment.resolve_group(cc.group)
+        mode = segment.effective_mode(cc.mode, gid)
+        st = os.stat(path)
+        if gid is not None and st.st_gid != gid:
+            os.chown(path, -1, gid)
+            log.info("cache %r: segment group %s -> %s (as configured)", cc.name,
+                     segment.group_name(st.st_gid), segment.group_name(gid))  # fmt: skip
+        current = st.st_mode & 0o777
+        if current != mode:
+            os.chmod(path, mode)
             log.info("cache %r: segment mode %s -> %s (as configured)", cc.name,
-                     oct(current), oct(cc.mode))  # fmt: skip
-    except OSError as exc:
-        log.warning("cache %r: cannot set the segment's mode to %s: %s", cc.name,
-                    oct(cc.mode), exc)  # fmt: skip
+                     oct(current), oct(mode))  # fmt: skip
+    except (OSError, MetisError) as exc:
+        log.warning("cache %r: cannot give the segment the configured group/mode: %s",
+                    cc.name, exc)  # fmt: skip
 
 
 def _describe_mismatch(differ: dict[str, tuple[Any, Any]]) -> str:
@@ -348,6 +368,7 @@ class Daemon:
         # HTTP threads read the segments; shutdown unmaps them: never both at once.
         self._access = threading.Lock()
         self._detached = False
+        self.keys: SnapshotKeys | None = None
 
     # ---- signals -------------------------------------------------------------
 
@@ -401,6 +422,8 @@ class Daemon:
         """Health endpoints, then every cache opened (and warmed up)."""
         cfg = self.config
         self.notifier.status("starting")
+        audit.set_audit_file(cfg.audit_file)
+        self.keys = _load_keys(cfg)
         if cfg.health.enabled:
             self.http = HealthServer(self, cfg.health.address, cfg.health.unix_socket)
             try:
@@ -439,7 +462,7 @@ class Daemon:
             log.warning(
                 "cache %r: %s; replacing it (replace_incompatible): its items are lost", name, exc
             )
-            segment.destroy(name)
+            _destroy_for_replace(name, str(exc))
             cache = _create(cc)
             how = "replaced"
         if cache.created and how != "replaced":
@@ -509,12 +532,14 @@ class Daemon:
             _describe_mismatch(differ),
         )
         if snap.enabled:
-            info = write_snapshot(cache, snap.path, retention=snap.retention)
+            info = write_snapshot(
+                cache, snap.path, retention=snap.retention, keys=self.keys, group=snap.group
+            )
             log.info("cache %r: %s items saved to %s before replacing", name, info.items, info.path)
         else:
             log.warning("cache %r: snapshots are disabled: its items are lost", name)
         cache.close()
-        segment.destroy(name)
+        _destroy_for_replace(name, "settings differ: " + _describe_mismatch(differ))
         return _create(cc)
 
     def _warm_up(self, managed: Managed) -> None:
@@ -544,8 +569,15 @@ class Daemon:
 
         try:
             with daemon_span("restore", cache=name) as span:
-                report = restore_latest(managed.cache, snap.path, progress=progress)
+                report = restore_latest(managed.cache, snap.path, progress=progress, keys=self.keys)
                 span.set("items", report.restored)
+        except (SnapshotKeyError, CryptoUnavailable) as exc:
+            raise StartupError(
+                f"cache {name!r}: cannot warm up: {exc}. metisd does not start without the "
+                f"key of its newest snapshot (an older one would bring back older data); "
+                f"configure the key, or move the snapshot away",
+                EXIT_USAGE,
+            ) from exc
         except _Interrupted:
             log.warning(
                 "cache %r: warm-up interrupted by a stop signal: the cache holds %s of the "
@@ -648,8 +680,8 @@ class Daemon:
                     self.loop["overruns"] += 1
                     next_sweep = end + interval
             if self._snapshot_now or (next_snapshot is not None and now >= next_snapshot):
+                self.start_snapshots(trigger="SIGUSR1" if self._snapshot_now else None)
                 self._snapshot_now = False
-                self.start_snapshots()
                 next_snapshot = self._next_snapshot_time(time.monotonic())
 
     def _next_snapshot_time(self, now: float) -> float | None:
@@ -817,25 +849,58 @@ class Daemon:
 
     # ---- snapshots -------------------------------------------------------------
 
-    def start_snapshots(self) -> None:
-        """Snapshot every cache in a thread (skipped if the last one still runs)."""
+    def start_snapshots(self, trigger: str | None = None) -> None:
+        """Snapshot every cache in a thread (skipped if the last one still runs).
+        ``trigger`` names what asked for it on demand (``"SIGUSR1"``): such a
+        snapshot is recorded in the audit log."""
         if not self.config.snapshot.enabled:
             log.warning("snapshot asked for, but snapshots are disabled in the configuration")
+            if trigger:
+                audit.record(
+                    "snapshot",
+                    None,
+                    outcome="refused",
+                    details={"trigger": trigger, "reason": "snapshots are disabled"},
+                )
             return
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
             for managed in self.caches.values():
                 managed.counters.snapshots_skipped += 1
             log.warning("a snapshot is still being written; skipping this one")
+            if trigger:
+                audit.record(
+                    "snapshot",
+                    None,
+                    outcome="skipped",
+                    details={"trigger": trigger, "reason": "one is being written"},
+                )
             return
         self._snapshot_thread = threading.Thread(
-            target=self.snapshot_all, name="metisd-snapshot", daemon=True
+            target=self.snapshot_all,
+            kwargs={"trigger": trigger},
+            name="metisd-snapshot",
+            daemon=True,
         )
         self._snapshot_thread.start()
 
-    def snapshot_all(self, progress: Callable[[str, int, int], None] | None = None) -> None:
+    def snapshot_all(
+        self,
+        progress: Callable[[str, int, int], None] | None = None,
+        trigger: str | None = None,
+    ) -> None:
         for managed in list(self.caches.values()):
             if managed.warm:
-                self.snapshot(managed, progress)
+                ok = self.snapshot(managed, progress)
+                if trigger:
+                    c = managed.counters
+                    details: dict[str, Any] = {"trigger": trigger}
+                    if ok:
+                        details.update(path=c.last_snapshot_path, items=c.last_snapshot_items)
+                    else:
+                        details["error"] = c.last_snapshot_error
+                    audit.record(
+                        "snapshot", managed.name, outcome="ok" if ok else "failed", details=details
+                    )
 
     def snapshot(
         self, managed: Managed, progress: Callable[[str, int, int], None] | None = None
@@ -852,7 +917,12 @@ class Daemon:
         try:
             with daemon_span("snapshot", cache=name) as span:
                 info = write_snapshot(
-                    managed.cache, snap.path, retention=snap.retention, progress=report
+                    managed.cache,
+                    snap.path,
+                    retention=snap.retention,
+                    progress=report,
+                    keys=self.keys,
+                    group=snap.group,
                 )
                 span.set("items", info.items)
         except Exception as exc:
@@ -881,7 +951,9 @@ class Daemon:
     # ---- reload ----------------------------------------------------------------
 
     def reload(self) -> bool:
-        """SIGHUP: read the configuration again; apply what can change live."""
+        """SIGHUP: read the configuration again; apply what can change live.
+        Recorded in the audit log (``reload``, and ``config_change`` for the
+        settings it changed)."""
         with daemon_span("reload") as span:
             ok = self._reload_config()
             span.set("ok", ok)
@@ -897,6 +969,9 @@ class Daemon:
         except (InvalidConfig, OSError) as exc:
             self.reloads["failed"] += 1
             self.reloads["last_error"] = str(exc)
+            audit.record(
+                "reload", None, outcome="refused", details={"config": where, "error": str(exc)}
+            )
             log.error(
                 "reload refused, the running configuration stays: %s",
                 exc if isinstance(exc, MetisError) else f"{type(exc).__name__}: {exc}",
@@ -904,6 +979,18 @@ class Daemon:
             self.notifier.ready("ready: reload refused (see the log)")
             return False
         live, restart = diff_config(self.config, loaded.config)
+        audit.record(
+            "reload",
+            None,
+            outcome="ok",
+            details={"config": where, "live": sorted(live), "need_restart": restart},
+        )
+        if live:
+            audit.record(
+                "config_change",
+                None,
+                details={k: {"old": old, "new": new} for k, (old, new) in live.items()},
+            )
         self.config = apply_live(self.config, loaded.config, live)
         if "log_level" in live:
             set_log_level(self.config.log_level)
@@ -1084,6 +1171,29 @@ class Daemon:
         return ok, body
 
 
+def _load_keys(cfg: DaemonConfig) -> SnapshotKeys | None:
+    """The snapshot keys of the configuration (None: plain snapshots)."""
+    snap = cfg.snapshot
+    if not snap.enabled:
+        return None
+    try:
+        keys = SnapshotKeys.load(snap.key_file, snap.read_key_files)
+    except (SnapshotKeyError, CryptoUnavailable) as exc:
+        raise StartupError(f"snapshot keys: {exc}", EXIT_USAGE) from exc
+    if keys is not None:
+        log.info(
+            "snapshots: %s; keys that read: %s",
+            f"encrypted with key id {keys.write_key_id}" if keys.write_key else "written plain",
+            ", ".join(keys.key_ids),
+        )
+    return keys
+
+
+def _destroy_for_replace(name: str, reason: str) -> None:
+    with audit.operation("destroy", name, reason=f"replace_incompatible: {reason}"):
+        segment.destroy(name)
+
+
 def apply_live(
     old: DaemonConfig, new: DaemonConfig, live: dict[str, tuple[Any, Any]]
 ) -> DaemonConfig:
@@ -1140,7 +1250,8 @@ def destroy(name: str, *, force: bool = False) -> int:
     try:
         segment.validate_name(name)
         try:
-            opened = segment.attach(name)
+            # Only its daemon pid is read: whoever owns it, it may be removed.
+            opened = segment.attach(name, segment.OwnerCheck(allow_any=True))
         except SegmentNotFound:
             print(f"metisd: no cache named {name!r} ({segment.shm_path(name)} does not exist)",
                   file=sys.stderr)  # fmt: skip
@@ -1156,8 +1267,15 @@ def destroy(name: str, *, force: bool = False) -> int:
                     f"stop it first, or add --force",
                     file=sys.stderr,
                 )
+                audit.record(
+                    "destroy",
+                    name,
+                    outcome="refused",
+                    details={"via": "metisd --destroy", "daemon_pid": other},
+                )
                 return EXIT_FAILURE
-        segment.destroy(name)
+        with audit.operation("destroy", name, via="metisd --destroy", force=force):
+            segment.destroy(name)
     except MetisError as exc:
         print(f"metisd: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, InvalidConfig | ValueError) else EXIT_FAILURE

@@ -46,6 +46,7 @@ ERROR_TABLE = [
     ("SEGMENT_CORRUPT", "SegmentCorrupt", OSError),
     ("SEGMENT_VERSION", "SegmentVersionMismatch", OSError),
     ("SEGMENT_PERMISSION", "SegmentPermission", PermissionError),
+    ("SEGMENT_OWNER", "SegmentOwner", PermissionError),
     ("SHM_NO_SPACE", "ShmNoSpace", OSError),
     ("CACHE_CLOSED", "CacheClosed", ValueError),
     ("LOCK_UNRECOVERABLE", "LockUnrecoverable", OSError),
@@ -53,6 +54,8 @@ ERROR_TABLE = [
     ("TRACE_NOT_FOUND", "TraceNotFound", FileNotFoundError),
     ("SNAPSHOT_CORRUPT", "SnapshotCorrupt", ValueError),
     ("SNAPSHOT_NOT_FOUND", "SnapshotNotFound", FileNotFoundError),
+    ("SNAPSHOT_KEY", "SnapshotKeyError", ValueError),
+    ("CRYPTO_UNAVAILABLE", "CryptoUnavailable", ImportError),
 ]
 
 
