@@ -75,6 +75,7 @@ cdef enum:
     R_MISSING = 3
     R_NOT_COUNTER = 4
     R_OVERFLOW = 5
+    R_CORRUPT = 6           # a chain left the arena: see _corrupt()
 
 cdef object _MISSING = object()
 
@@ -636,24 +637,36 @@ cdef class Engine:
         cdef uint32_t off, vlen = 0, flags = 0
         cdef uint32_t *link
         cdef char *buf = NULL
-        cdef bint found = False
+        cdef bint found = False, corrupt = False, nomem = False
         cdef Item *it
         cdef uint64_t now = metis_now_ns()
         self._lock(s)
         if consume:
             do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off:
+        if off == INDEX_TORN:
+            corrupt = True
+            off = 0
+        elif off:
             it = item_at(s, off)
+            vlen = it.value_len
+            # The same bounds as the lock-free path: a length written by
+            # something other than the engine must not size the copy.
+            if (vlen > self._max_value and vlen != 8) or \
+                    <uint64_t>off + ITEM_HEADER_SIZE + kv.n + vlen > s.arena_size:
+                corrupt = True
+                off = 0
+        if off:
             if item_expired(it, now):
                 if consume:
                     do_item_remove(s, link, off)
                     s.sh.expirations += 1
             else:
-                vlen = it.value_len
                 flags = it.flags
-                buf = <char *>malloc(vlen + 1)
-                if buf != NULL:
+                buf = <char *>malloc(<size_t>vlen + 1)
+                if buf == NULL:
+                    nomem = True
+                else:
                     memcpy(buf, item_value(it), vlen)
                     found = True
                     if consume:
@@ -664,7 +677,9 @@ cdef class Engine:
         if consume:
             do_write_end(s)
         shard_unlock(s)
-        if off and not found and buf == NULL and vlen:
+        if corrupt:
+            self._corrupt(s)
+        if nomem:
             raise MemoryError()
         if not found:
             self._bump(&c.misses)
@@ -689,6 +704,19 @@ cdef class Engine:
                 f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
                 context={"shard": s.index, "errno": rc})
         return 0
+
+    cdef int _corrupt(self, ShardRef *s) except -1:
+        """Raise for a shard whose index points outside its arena or cycles.
+
+        The engine never writes such a chain; finding one means something
+        else wrote the segment. `metis check` reports the damage; recreating
+        the cache (or restoring a snapshot) is the way out.
+        """
+        raise _errors.SegmentCorrupt(
+            f"shard {s.index} of cache {getattr(self, "name", "?")!r}: its hash index points outside "
+            "the shard or loops; the segment was written by something other than "
+            "Metis. Run `metis check`, then recreate the cache or restore a snapshot",
+            context={"shard": s.index})
 
     cdef int _check_size(self, KeyView *kv, ValueView *vv) except -1:
         cdef uint64_t need = item_block_need(kv.n, vv.n)
@@ -715,6 +743,8 @@ cdef class Engine:
         cdef uint32_t old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         cdef uint32_t need = item_block_need(kv.n, vv.n), off, victim
         cdef Item *it
+        if old == INDEX_TORN:
+            return R_CORRUPT
         if old and item_expired(item_at(s, old), now):
             do_item_remove(s, link, old)
             s.sh.expirations += 1
@@ -745,6 +775,9 @@ cdef class Engine:
         METIS_CRASH_POINT(5)
         # Evictions above may have taken the old item: look again.
         old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
+        if old == INDEX_TORN:
+            do_free(s, off)
+            return R_CORRUPT
         if old:
             do_index_replace(s, link, item_at(s, old), off, it)
             METIS_CRASH_POINT(6)
@@ -768,6 +801,8 @@ cdef class Engine:
         r = self._do_store(s, kv, vv, expire, mode, metis_now_ns())
         do_write_end(s)
         shard_unlock(s)
+        if r == R_CORRUPT:
+            self._corrupt(s)
         if r == R_NO_ROOM:
             raise _errors.ValueTooLarge(
                 f"no room for a {vv.n}-byte value in shard {s.index}",
@@ -782,7 +817,7 @@ cdef class Engine:
         self._lock(s)
         do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off:
+        if off and off != INDEX_TORN:
             if item_expired(item_at(s, off), metis_now_ns()):
                 s.sh.expirations += 1
             else:
@@ -791,6 +826,8 @@ cdef class Engine:
             do_item_remove(s, link, off)
         do_write_end(s)
         shard_unlock(s)
+        if off == INDEX_TORN:
+            self._corrupt(s)
         return removed
 
     # ---- public API --------------------------------------------------------
@@ -896,11 +933,13 @@ cdef class Engine:
         self._lock(s)
         do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off and not item_expired(item_at(s, off), metis_now_ns()):
+        if off and off != INDEX_TORN and not item_expired(item_at(s, off), metis_now_ns()):
             item_at(s, off).expire_ns = expire
             found = True
         do_write_end(s)
         shard_unlock(s)
+        if off == INDEX_TORN:
+            self._corrupt(s)
         return found
 
     def incr(self, key, delta=1, *, default=None, ttl=None):
@@ -934,11 +973,16 @@ cdef class Engine:
         do_write_begin(s)
         now = metis_now_ns()
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off and item_expired(item_at(s, off), now):
+        if off == INDEX_TORN:
+            r = R_CORRUPT
+            off = 0
+        elif off and item_expired(item_at(s, off), now):
             do_item_remove(s, link, off)
             s.sh.expirations += 1
             off = 0
-        if off:
+        if r == R_CORRUPT:
+            pass
+        elif off:
             it = item_at(s, off)
             if (it.flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) != KIND_INT or it.value_len != 8:
                 r = R_NOT_COUNTER
@@ -960,6 +1004,8 @@ cdef class Engine:
             r = self._do_store(s, &kv, &vv, expire, MODE_SET, now)
         do_write_end(s)
         shard_unlock(s)
+        if r == R_CORRUPT:
+            self._corrupt(s)
         if r == R_NO_ROOM:
             raise _errors.ValueTooLarge(
                 f"no room for counter {key!r} in shard {s.index}",

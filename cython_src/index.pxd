@@ -11,7 +11,9 @@
 #
 # index_find_optimistic() runs without the lock while writers may be changing
 # the chain: every offset it follows is bounds-checked, and the caller
-# validates the shard's sequence word before trusting the answer.
+# validates the shard's sequence word before trusting the answer. The locked
+# lookups check bounds too, against a segment written by something other
+# than the engine (docs/security.md).
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 from layout cimport (ShardRef, Item, item_at, item_key, ITEM_HEADER_SIZE,
@@ -56,20 +58,40 @@ cdef inline uint32_t index_find_optimistic(ShardRef *s, uint64_t h, const char *
     return 0
 
 
+cdef inline uint64_t chain_bound(ShardRef *s) noexcept nogil:
+    """More steps than the shard can hold items: the chain has a cycle."""
+    return s.arena_size // ITEM_HEADER_SIZE
+
+
 cdef inline uint32_t do_index_find(ShardRef *s, uint64_t h, const char *key, uint32_t klen,
                                    uint32_t kflag, uint32_t **link_out) noexcept nogil:
-    """Offset of the key's item or 0; *link_out = the word that points at it."""
+    """Offset of the key's item or 0; *link_out = the word that points at it.
+
+    Under the lock the chain is consistent unless something other than the
+    engine wrote the segment (memory corruption, a hostile process with
+    write access): an offset outside the arena or a cycle returns INDEX_TORN
+    instead of reading out of bounds or looping forever. The bound is the
+    most items a shard can hold, not MAX_CHAIN, so a legitimately long chain
+    (keys chosen to collide) is still searched to its end.
+    """
     cdef uint32_t *link = bucket_of(s, h)
     cdef uint32_t off = link[0]
+    cdef uint64_t steps = 0, bound = chain_bound(s)
     cdef Item *it
+    link_out[0] = NULL
     while off:
+        if not item_offset_ok(s, off) or steps > bound:
+            return INDEX_TORN
         it = item_at(s, off)
-        if item_is(it, h, key, klen, kflag):
-            link_out[0] = link
-            return off
+        if it.hash == h and it.key_len == klen and (it.flags & FLAG_KEY_STR) == kflag:
+            if <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
+                return INDEX_TORN
+            if memcmp(item_key(it), key, klen) == 0:
+                link_out[0] = link
+                return off
         link = &it.hnext
         off = link[0]
-    link_out[0] = NULL
+        steps += 1
     return 0
 
 
@@ -108,10 +130,18 @@ cdef inline void do_index_unlink(ShardRef *s, uint32_t *link, Item *it) noexcept
 
 
 cdef inline uint32_t *do_index_link_of(ShardRef *s, uint32_t off) noexcept nogil:
-    """The word that points at the indexed item `off` (NULL if not indexed)."""
-    cdef uint32_t *link = bucket_of(s, item_at(s, off).hash)
+    """The word that points at the indexed item `off` (NULL if not indexed,
+    or if the chain leaves the arena or cycles: see do_index_find)."""
+    cdef uint32_t *link
+    cdef uint64_t steps = 0, bound = chain_bound(s)
+    if not item_offset_ok(s, off):
+        return NULL
+    link = bucket_of(s, item_at(s, off).hash)
     while link[0]:
         if link[0] == off:
             return link
+        if not item_offset_ok(s, link[0]) or steps > bound:
+            return NULL
         link = &item_at(s, link[0]).hnext
+        steps += 1
     return NULL

@@ -121,6 +121,7 @@ class Cache(_engine.Engine):
                 self._format(plan, settings)
             else:
                 self._setup_views()
+                _refuse_unasked_pickle(self.name, self._header(), serializer)
                 _warn_mismatch(
                     self.name,
                     opened.header or {},
@@ -298,6 +299,38 @@ def _settings(
         "serializer": SERIALIZERS[serializer],
         "default_ttl_ns": int(ttl * 1e9),
     }
+
+
+def _refuse_unasked_pickle(name: str, header: dict[str, Any], serializer: str) -> None:
+    """Attaching to a pickle segment needs ``serializer="pickle"`` from the caller.
+
+    Every other setting is taken from the segment as it is; this one is not,
+    because unpickling runs code chosen by whoever wrote the value: a process
+    must opt in to that, never inherit it from a header that any writer of the
+    segment can change (docs/security.md).
+    """
+    if header["serializer"] == SERIALIZERS["pickle"] and serializer != "pickle":
+        raise InvalidConfig(
+            f"cache {name!r} stores pickled values; unpickling runs code chosen by "
+            "whoever wrote them, so pass serializer='pickle' to accept that "
+            "(only when every process that can write the segment is trusted)",
+            context={"field": "serializer", "value": serializer, "segment": "pickle"},
+        )
+
+
+def attach_existing(name: str, *, accept_pickle: bool) -> Cache:
+    """Attach to an existing cache with whatever serializer its segment has.
+
+    For tools that read no values (stats, check, snapshot, restore, keys) a
+    pickle segment is harmless: nothing gets unpickled. `accept_pickle` says
+    whether the caller may also unpickle (``metis get --pickle``).
+    """
+    try:
+        return Cache(name, create=False)
+    except InvalidConfig as exc:
+        if exc.context.get("segment") != "pickle" or not accept_pickle:
+            raise
+    return Cache(name, create=False, serializer="pickle")
 
 
 def _warn_mismatch(

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from metis_shm import cli_config, cli_snapshot
-from metis_shm.cache import Cache, _setting_name
+from metis_shm.cache import Cache, _setting_name, attach_existing
 from metis_shm.errors import KeyNotFound, MetisError
 from metis_shm.progress import ProgressLine
 from metis_shm.simulate import (
@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_existing(name: str) -> Cache:
-    return Cache(name, create=False)
+def _open_existing(name: str, *, reads_values: bool = False, pickle: bool = False) -> Cache:
+    # Only `get` decodes values; it unpickles a pickle cache's values only
+    # when asked with --pickle (docs/security.md).
+    return attach_existing(name, accept_pickle=pickle or not reads_values)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -419,12 +421,18 @@ def _register_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("key", help=_KEY_HELP)
     p.add_argument("--bytes-key", action="store_true", help="KEY is a bytes key (UTF-8)")
     p.add_argument("--json", action="store_true", help="print JSON (found, type, value)")
+    p.add_argument(
+        "--pickle",
+        action="store_true",
+        help="unpickle the value if the cache uses serializer pickle (runs code chosen by "
+        "whoever wrote it: only for trusted writers)",
+    )
     p.set_defaults(handler=_cmd_get)
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
     key = _key(args)
-    with _open_existing(args.name) as cache:
+    with _open_existing(args.name, reads_values=True, pickle=args.pickle) as cache:
         value = cache.get(key, _MISSING)
     found = value is not _MISSING
     if args.json:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from metis_shm import audit
-from metis_shm.cache import Cache
+from metis_shm.cache import Cache, attach_existing
 from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
 from metis_shm.progress import ProgressLine
 from metis_shm.snapshot import (
@@ -153,7 +153,7 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     try:
         with audit.operation("snapshot", args.name, trigger="metis snapshot") as details:
             keys = SnapshotKeys.load(args.key_file)
-            with Cache(args.name, create=False) as cache:
+            with attach_existing(args.name, accept_pickle=True) as cache:
                 info = write_snapshot(
                     cache,
                     args.dir,
@@ -195,11 +195,15 @@ def _restore_keys(args: argparse.Namespace) -> SnapshotKeys | None:
 
 def _open_for_restore(args: argparse.Namespace, keys: SnapshotKeys | None) -> Cache | None:
     if not args.create:
-        return Cache(args.name, create=False)
+        return attach_existing(args.name, accept_pickle=True)
     if Cache.exists(args.name):
-        if args.capacity is not None:  # logs that the existing cache keeps its own
-            return Cache(args.name, capacity=args.capacity)
-        return Cache(args.name)
+        if args.capacity is not None:
+            print(
+                f"metis restore: cache {args.name!r} exists: it keeps its own capacity, "
+                f"not --capacity {args.capacity}",
+                file=sys.stderr,
+            )
+        return attach_existing(args.name, accept_pickle=True)
     source = _settings_source(args, keys)
     if source is None:
         return None
