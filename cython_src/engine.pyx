@@ -26,8 +26,8 @@ from libc.string cimport memcpy, memset
 from layout cimport *
 from hashing cimport metis_hash
 from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
-from index cimport (INDEX_TORN, index_find_optimistic, do_index_find, do_index_insert,
-                    do_index_replace)
+from index cimport (INDEX_TORN, chain_bound, item_offset_ok, index_find_optimistic,
+                    do_index_find, do_index_insert, do_index_replace)
 from item cimport item_expired, item_fill, do_item_remove, do_item_evict
 from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, do_policy_on_hit,
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
@@ -195,7 +195,7 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
 
 cdef SegmentHeader _zero_header
 memset(&_zero_header, 0, sizeof(SegmentHeader))
-_HEADER_FIELDS = tuple(k for k in dict(_zero_header) if k != "magic")
+_HEADER_FIELDS = tuple(k for k in dict(_zero_header) if k not in ("magic", "hash_seed"))
 
 
 def read_header(bytes raw):
@@ -206,6 +206,7 @@ def read_header(bytes raw):
     memcpy(&h, PyBytes_AS_STRING(raw), sizeof(SegmentHeader))
     d = dict(h)
     d["magic"] = PyBytes_FromStringAndSize(h.magic, 8)
+    del d["hash_seed"]  # a secret against hash flooding: not for stats or logs
     return d
 
 
@@ -252,6 +253,7 @@ cdef class Engine:
     cdef int _lock_waiters
     cdef uint32_t _stripe
     cdef bint _record_hits
+    cdef uint64_t _hash_seed
 
     def __dealloc__(self):
         self._unmap()
@@ -289,7 +291,8 @@ cdef class Engine:
         fields.update(settings)
         fields.update(layout_version=LAYOUT_VERSION, header_size=HEADER_SIZE,
                       created_ns=metis_now_ns(), creator_uid=os.getuid(),
-                      creator_pid=os.getpid(), state=STATE_INITIALIZING, magic=b"\0" * 8)
+                      creator_pid=os.getpid(), state=STATE_INITIALIZING, magic=b"\0" * 8,
+                      hash_seed=int.from_bytes(os.urandom(8), "little"))
         fresh = fields
         memcpy(h, &fresh, sizeof(SegmentHeader))
         self._setup_views()
@@ -319,6 +322,7 @@ cdef class Engine:
         self._default_ttl_ns = h.default_ttl_ns
         self._max_block = <uint32_t>h.shard_arena_size
         self._max_value = h.max_value_size
+        self._hash_seed = h.hash_seed
         if self._shards == NULL:
             self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
             if self._shards == NULL:
@@ -493,7 +497,7 @@ cdef class Engine:
             raise _errors.KeyTooLarge(
                 f"key is {kv.n} bytes; max_key_size is {self._max_key}",
                 context={"size": kv.n, "limit": self._max_key})
-        kv.h = metis_hash(kv.p, kv.n, kv.flag)
+        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed)
         return 0
 
     cdef inline ShardRef *_shard_for(self, uint64_t h) noexcept:
@@ -1326,13 +1330,14 @@ cdef class Engine:
         (snapshots). Expired items are left out."""
         cdef ShardRef *s
         cdef list out = []
-        cdef uint64_t b, now
+        cdef uint64_t b, now, steps = 0, bound
         cdef uint32_t off
         cdef Item *it
         self._check_open()
         if shard >= self._n_shards:
             raise IndexError(f"shard {shard} of {self._n_shards}")
         s = &self._shards[shard]
+        bound = chain_bound(s)  # items in the whole shard, over all its chains
         gc_was_enabled = gc.isenabled()
         gc.disable()  # no finalizer may re-enter this shard while we hold it
         try:
@@ -1342,7 +1347,15 @@ cdef class Engine:
                 for b in range(<uint64_t>s.bucket_mask + 1):
                     off = s.buckets[b]
                     while off:
+                        # The same checks as the locked lookups: the daemon
+                        # snapshots segments that other users' processes write.
+                        steps += 1
+                        if not item_offset_ok(s, off) or steps > bound:
+                            self._corrupt(s)
                         it = item_at(s, off)
+                        if <uint64_t>off + ITEM_HEADER_SIZE + it.key_len + it.value_len > \
+                                s.arena_size:
+                            self._corrupt(s)
                         if not item_expired(it, now):
                             out.append((
                                 PyBytes_FromStringAndSize(item_key(it), it.key_len),
@@ -1372,7 +1385,7 @@ cdef class Engine:
             raise _errors.KeyTooLarge(
                 f"key is {kv.n} bytes; max_key_size is {self._max_key}",
                 context={"size": kv.n, "limit": self._max_key})
-        kv.h = metis_hash(kv.p, kv.n, kv.flag)
+        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed)
         vv.p = PyBytes_AS_STRING(value)
         vv.n = PyBytes_GET_SIZE(value)
         vv.flags = flags & ~(<uint32_t>FLAG_KEY_STR)

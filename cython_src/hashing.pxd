@@ -30,8 +30,12 @@ cdef inline uint64_t _fmix(uint64_t h) noexcept nogil:
     h ^= h >> 33
     return h
 
-cdef inline uint64_t metis_hash(const char *p, size_t n, uint32_t key_str) noexcept nogil:
-    cdef uint64_t h = (_P3) ^ (n * _P1) ^ (<uint64_t>key_str << 17)
+cdef inline uint64_t metis_hash(const char *p, size_t n, uint32_t key_str,
+                                uint64_t seed) noexcept nogil:
+    # The seed enters the state before the first block: each block's update
+    # (xor, rotate, multiply) is non-linear in the state, so two keys that
+    # collide under one seed need not collide under another.
+    cdef uint64_t h = (_P3 + seed) ^ (n * _P1) ^ (<uint64_t>key_str << 17)
     cdef uint64_t w
     cdef size_t i = 0
     while i + 8 <= n:

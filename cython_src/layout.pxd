@@ -87,6 +87,10 @@ cdef struct SegmentHeader:
     uint32_t bitmap_stride
     uint32_t ghost_cap
     uint32_t sketch_width
+    # Random at creation, mixed into every key hash, so which keys share a
+    # bucket or a shard cannot be worked out offline (hash flooding). A
+    # segment formatted before this field existed reads 0: the old hash.
+    uint64_t hash_seed
 
 cdef struct PolicyList:
     uint32_t head           # newest

@@ -98,14 +98,22 @@ def test_a_chain_pointing_outside_the_arena_is_corruption(one_shard: Cache) -> N
 
 
 def test_a_chain_that_loops_is_corruption_not_a_hang(one_shard: Cache) -> None:
-    one_shard.set(b"loop-key-a", b"a")
+    one_shard.set(b"loop-key-first", b"a")
     with open(shm_path(one_shard.name), "rb") as raw:
         header = _engine.read_header(raw.read(4096))
     f, seg = _open_segment(one_shard.name)
     with f, seg:  # type: ignore[attr-defined]
         heads = struct.unpack_from(f"<{header['index_buckets']}I", seg, header["index_offset"])
-        (own,) = [h for h in heads if h]  # the lone item's arena offset
-        struct.pack_into("<I", seg, _item_start(seg, b"loop-key-a") + HNEXT, own)
+        (own,) = [h for h in heads if h]  # the lone item's offset in the arena
+        arena_base = _item_start(seg, b"loop-key-first") - own  # file position of offset 0
+    keys = [f"loop-key-{i:03d}".encode() for i in range(64)]
+    for k in keys:
+        one_shard.set(k, k)
+    f, seg = _open_segment(one_shard.name)
+    with f, seg:  # type: ignore[attr-defined]
+        for k in keys:  # each item's successor is itself: 64 chains that never end
+            start = _item_start(seg, k)
+            struct.pack_into("<I", seg, start + HNEXT, start - arena_base)
     pid = os.fork()
     if pid == 0:  # a hang is killed by the parent's timeout below
         try:
@@ -137,3 +145,40 @@ def test_attaching_to_a_pickle_segment_needs_an_explicit_opt_in(cache_name: str)
             assert tool.check() == []
         with pytest.raises(InvalidConfig):
             attach_existing(cache_name, accept_pickle=False)
+
+
+def _bucket_heads(name: str) -> list[int]:
+    with open(shm_path(name), "rb") as raw:
+        data = raw.read()
+    header = _engine.read_header(data[:4096])
+    n = header["index_buckets"]
+    return list(struct.unpack_from(f"<{n}I", data, header["index_offset"]))
+
+
+def test_each_segment_hashes_keys_with_its_own_secret_seed() -> None:
+    """Which keys share a bucket differs between segments: no offline flooding."""
+    from _workers import new_name
+
+    keys = [f"user:{i}" for i in range(200)]
+    names = [new_name(), new_name()]
+    occupied = []
+    try:
+        for name in names:
+            with Cache(name, capacity="1MiB", shards=1) as c:
+                for k in keys:
+                    c.set(k, 1)
+                assert "hash_seed" not in c._header(), "the seed stays out of stats"
+            occupied.append({i for i, head in enumerate(_bucket_heads(name)) if head})
+    finally:
+        for name in names:
+            Cache.destroy(name)
+    assert occupied[0] != occupied[1]
+
+
+def test_a_snapshot_of_a_damaged_shard_is_refused_not_a_crash(one_shard: Cache) -> None:
+    keys = [f"snap-key-{i:03d}".encode() for i in range(32)]
+    for k in keys:
+        one_shard.set(k, k)
+    _poke_item(one_shard.name, keys[7], HNEXT, 0xFFFFFFF8)
+    with pytest.raises(SegmentCorrupt, match="shard 0"):
+        one_shard._export_shard(0)
