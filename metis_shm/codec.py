@@ -128,7 +128,25 @@ class Codec:
             ) from exc
 
     def decode(self, flags: int, data: bytes) -> Any:
-        """The value for an item's flags and payload."""
+        """The value for an item's flags and payload.
+
+        A payload that does not decode as its flags say (an item damaged, or
+        planted by a crafted snapshot) raises ``SerializationFailed``, never
+        the decoder's own exception.
+        """
+        try:
+            return self._decode(flags, data)
+        except SerializationFailed:
+            raise
+        except (zlib.error, msgspec.DecodeError, ValueError, TypeError) as exc:
+            if flags & KIND_MASK == KIND_PICKLE and not isinstance(exc, zlib.error):
+                raise  # unpickling runs the writer's code; its errors are its own
+            raise SerializationFailed(
+                f"a stored value does not decode as its flags {flags:#x} say: {exc}",
+                context={"flags": flags},
+            ) from exc
+
+    def _decode(self, flags: int, data: bytes) -> Any:
         if flags & CODEC_MASK == CODEC_ZLIB:
             data = zlib.decompress(data)
         elif flags & CODEC_MASK:

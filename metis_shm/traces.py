@@ -33,6 +33,7 @@ import io
 import lzma
 import os
 import sys
+import zlib
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,7 +178,8 @@ def _decompress_error(path: Path, exc: Exception) -> TraceFormatError:
     )
 
 
-_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError)
+# gzip lets zlib.error through for a damaged deflate stream (not an OSError).
+_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 def _read_exact(stream: io.BufferedIOBase, n: int) -> bytes:
