@@ -139,11 +139,17 @@ cdef inline uint64_t _ghost_bytes(uint64_t ghost_cap) noexcept:
 def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
                 uint32_t n_slots=DEFAULT_SLOTS, uint32_t policy=POLICY_SIEVE):
     """Sizes and offsets of a segment: a dict, the same in every process."""
-    cdef uint64_t arena = (capacity // n_shards) // ARENA_ALIGN * ARENA_ALIGN
+    cdef uint64_t arena
     cdef uint64_t buckets, per_shard_entries, off, entries, ghost_cap = 0, sketch_width = 0
     cdef dict plan = {}
+    # Checked before any arithmetic: these come from headers too, and a
+    # header is input (a zero would divide by zero, a huge bound overflow).
     if n_shards == 0 or (n_shards & (n_shards - 1)):
         raise ValueError(f"shards must be a power of two, not {n_shards}")
+    if max_entries > (<uint64_t>n_shards << 32):
+        raise ValueError(f"max_entries {max_entries} is more than {n_shards} shards of "
+                         f"32-bit offsets can index ({<uint64_t>n_shards << 32})")
+    arena = (capacity // n_shards) // ARENA_ALIGN * ARENA_ALIGN
     if arena < 4096:
         raise ValueError(f"capacity {capacity} leaves {arena} bytes per shard "
                          f"with {n_shards} shards; at least 4096 are needed")
@@ -204,8 +210,11 @@ def read_header(bytes raw):
         raise ValueError("header too short")
     cdef SegmentHeader h
     memcpy(&h, PyBytes_AS_STRING(raw), sizeof(SegmentHeader))
+    magic = PyBytes_FromStringAndSize(h.magic, 8)
+    # dict() converts char[8] with strlen: zero it so no NUL-less magic reads on.
+    memset(h.magic, 0, 8)
     d = dict(h)
-    d["magic"] = PyBytes_FromStringAndSize(h.magic, 8)
+    d["magic"] = magic
     del d["hash_seed"]  # a secret against hash flooding: not for stats or logs
     return d
 

@@ -111,7 +111,8 @@ class Cache(_engine.Engine):
         try:
             plan = _engine.plan_layout(cap, n_shards, max_entries or 0, policy=settings["policy"])
         except ValueError as exc:
-            raise InvalidConfig(f"capacity: {exc}", context={"field": "capacity"}) from exc
+            field = "max_entries" if "max_entries" in str(exc) else "capacity"
+            raise InvalidConfig(f"{field}: {exc}", context={"field": field}) from exc
         opened = segment.create_or_open(
             self.name, plan, mode, create, gid=owners.group, owners=owners
         )

@@ -861,7 +861,7 @@ def _key_lines(text: str, kind: str) -> dict[str, int]:
     try:
         scanner = _Scanner(text)
         return scanner.toml() if kind == "toml" else scanner.json()
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return {}
 
 
@@ -911,6 +911,17 @@ def _read_file(path: str) -> tuple[dict[str, Any], Callable[[str], _Origin]]:
             f"{path}:{line}: not valid UTF-8", context={"file": path, "line": line, "field": None}
         ) from None
     data: Any
+    try:
+        data = _parse(path, ext, text)
+    except RecursionError:  # the parsers recurse once or twice per level
+        raise InvalidConfig(
+            f"config file {path}: nested too deeply", context={"file": path, "field": None}
+        ) from None
+    return data, _FileOrigins(path, _key_lines(text, ext[1:]))
+
+
+def _parse(path: str, ext: str, text: str) -> dict[str, Any]:
+    data: Any
     if ext == ".toml":
         try:
             data = tomllib.loads(text)
@@ -935,7 +946,7 @@ def _read_file(path: str) -> tuple[dict[str, Any], Callable[[str], _Origin]]:
                 f"{path}:1: the top level must be a JSON object, not {type(data).__name__}",
                 context={"file": path, "line": 1, "field": None},
             )
-    return data, _FileOrigins(path, _key_lines(text, ext[1:]))
+    return data  # type: ignore[no-any-return]
 
 
 # ---- merging ---------------------------------------------------------------------
@@ -988,6 +999,8 @@ class _Merge:
         m = _CACHE_FIELD.fullmatch(field)
         if m and m.group(2) is not None:
             index, key = int(m.group(1)), m.group(2)
+            if index >= len(self.caches):  # a file key spelled "caches[3].name"
+                raise _unknown(field, field, _TOP_KEYS, origin(field))
             if key not in CACHE_RULES:
                 raise _unknown(field, key, list(CACHE_RULES), origin(field))
             self.caches[index][key] = (value, origin(field))

@@ -34,6 +34,7 @@ from typing import Any
 import posix_ipc
 
 from metis_shm import _engine
+from metis_shm.codec import SERIALIZERS
 from metis_shm.errors import (
     InvalidConfig,
     InvalidName,
@@ -115,7 +116,7 @@ def resolve_group(group: int | str | None, what: str = "group") -> int | None:
         return gid
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         raise InvalidConfig(
             f"{what}: there is no group named {group!r} on this machine (getent group "
             f"{group}); create it, or give an existing group name or gid",
@@ -139,7 +140,7 @@ def resolve_uid(user: int | str, what: str = "trusted_owners") -> int:
         return uid
     try:
         return pwd.getpwnam(user).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         raise InvalidConfig(
             f"{what}: there is no user named {user!r} on this machine",
             context={"field": what, "value": user},
@@ -412,6 +413,13 @@ def _validate(name: str, header: dict[str, Any], size: int) -> None:
             f"cache {name!r} is truncated: {size} bytes, its header says {header['segment_size']}",
             context={"name": name, "size": size, "expected": header["segment_size"]},
         )
+    for setting, known in (("serializer", SERIALIZERS), ("policy", _engine.POLICIES)):
+        if header[setting] not in known.values():
+            raise SegmentCorrupt(
+                f"cache {name!r} has an impossible header: {setting} {header[setting]} is none "
+                f"of {sorted(known.values())} ({', '.join(sorted(known))})",
+                context={"name": name, "field": setting},
+            )
     try:
         plan = _engine.plan_layout(
             header["capacity"],

@@ -62,7 +62,7 @@ import psutil
 
 from metis_shm import audit, segment
 from metis_shm.cache import Cache
-from metis_shm.codec import KIND_MASK, KIND_PICKLE, SERIALIZERS
+from metis_shm.codec import CODEC_MASK, KIND_MASK, KIND_PICKLE, KIND_STR, SERIALIZERS
 from metis_shm.errors import (
     InvalidConfig,
     KeyTooLarge,
@@ -793,6 +793,26 @@ def _restore_latest(
     )
 
 
+_KEY_IS_STR = 0x1000  # the engine's flag bit (codec.py, "bit 12")
+
+
+def _text_is_utf8(key: bytes, value: bytes, flags: int) -> bool:
+    """A str key or an uncompressed str value must be UTF-8, as the engine stored it.
+
+    The engine hands these bytes to PyUnicode_DecodeUTF8 on every get without
+    checking again; only a crafted snapshot (its checksum correct) can hold
+    anything else, and such an item is refused rather than made unreadable.
+    """
+    try:
+        if flags & _KEY_IS_STR:
+            key.decode("utf-8")
+        if flags & (KIND_MASK | CODEC_MASK) == KIND_STR:
+            value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _load(
     cache: Cache, f: _Source, info: SnapshotInfo, progress: Progress | None, t0: float
 ) -> RestoreReport:
@@ -809,6 +829,9 @@ def _load(
         restored = expired = rejected = 0
         for key, flags, expire_ns, value in items:
             if not pickle_ok and flags & KIND_MASK == KIND_PICKLE:
+                rejected += 1
+                continue
+            if not _text_is_utf8(key, value, flags):
                 rejected += 1
                 continue
             try:
@@ -833,7 +856,8 @@ def _load(
     if rejected:
         log.warning(
             "restore of %s into cache %r: %d items refused (over this cache's key/value "
-            "limits, or pickled values in a cache not opened with serializer='pickle')",
+            "limits, pickled values in a cache not opened with serializer='pickle', or text "
+            "that is not UTF-8)",
             path, cache.name, rejected,
         )  # fmt: skip
     return RestoreReport(
