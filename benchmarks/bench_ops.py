@@ -43,21 +43,26 @@ about 10 s; the JSON (``--json``) holds every row and the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import bisect
 import gc
-import itertools
 import json
 import mmap
-import multiprocessing as mp
 import os
-import platform
 import random
-import statistics
 import sys
 import time
-import traceback
 import uuid
 from pathlib import Path
+
+from _common import (
+    SET_FRACTION,
+    ZIPF_S,
+    KeySequence,
+    fmt_size,
+    machine_info,
+    print_table,
+    run_forked,
+    summarize_spans,
+)
 
 try:
     from metis_shm import Cache, _engine
@@ -69,8 +74,6 @@ WORKLOADS = ("get-hit", "get-miss", "set", "mix")
 SIZES = (100, 4096)
 PROCS = (1, 2)
 IMPLS = ("metis", "floor", "dict")
-ZIPF_S = 0.99
-SET_FRACTION = 0.10
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_ops.json"
 
 
@@ -90,30 +93,11 @@ def floor_set(m: mmap.mmap, off: int, n: int, v: bytes) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def zipf_indices(n_keys: int, count: int, s: float, rng: random.Random) -> list[int]:
-    """``count`` key ranks in ``[0, n_keys)`` drawn from Zipf(``s``) (CDF + bisect)."""
-    cdf = list(itertools.accumulate(1.0 / (i + 1) ** s for i in range(n_keys)))
-    total = cdf[-1]
-    last = n_keys - 1
-    return [min(bisect.bisect_left(cdf, rng.random() * total), last) for _ in range(count)]
-
-
-class Inputs:
+class Inputs(KeySequence):
     """Everything the timed loops read; built in the parent, inherited through fork."""
 
     def __init__(self, n_keys: int, n_ops: int, seed: int) -> None:
-        rng = random.Random(seed)
-        self.n_keys = n_keys
-        self.n_ops = n_ops
-        self.keys = [f"key:{i:08d}" for i in range(n_keys)]
-        self.miss_keys = [f"absent:{i:08d}" for i in range(n_keys)]
-        idx = zipf_indices(n_keys, n_ops, ZIPF_S, rng)
-        self.idx = idx
-        self.hit_seq = [self.keys[i] for i in idx]
-        self.miss_seq = [self.miss_keys[i] for i in idx]
-        self.is_set = [rng.random() < SET_FRACTION for _ in range(n_ops)]
-        self.mix_seq = list(zip(self.is_set, self.hit_seq, strict=True))
-        self.distinct = len(set(idx))
+        super().__init__(n_keys, n_ops, seed)
         # set per size by prepare():
         self.size = 0
         self.value = b""
@@ -216,47 +200,41 @@ def make_round(impl: str, workload: str, cache: Cache | None):
 
 
 def _worker(
+    index: int,
+    barrier,
     impl: str,
     workload: str,
     cache_name: str,
     rounds: int,
     round_ns: int,
-    barrier,
-    conn,
     record_hits: bool = True,
-) -> None:
-    """Child process: warm up, then time ``rounds`` rounds; send [(start, end, ops)].
+) -> list[tuple[int, int, int]]:
+    """Child process: warm up, then time ``rounds`` rounds; return [(start, end, ops)].
 
     A round repeats the key sequence enough times to last about ``round_ns``,
     so that fast contenders (dict) are not timed over a fraction of a millisecond.
     """
-    try:
-        cache = Cache(cache_name, create=False) if impl == "metis" else None
-        if cache is not None and not record_hits:
-            cache._set_hit_recording(False)
-        run = make_round(impl, workload, cache)
-        assert INPUTS is not None
-        gc.collect()
-        gc.disable()
+    cache = Cache(cache_name, create=False) if impl == "metis" else None
+    if cache is not None and not record_hits:
+        cache._set_hit_recording(False)
+    run = make_round(impl, workload, cache)
+    assert INPUTS is not None
+    gc.collect()
+    gc.disable()
+    t0 = time.perf_counter_ns()
+    run()  # warm-up (also touches copy-on-write pages of inherited inputs)
+    repeat = max(1, round(round_ns / max(1, time.perf_counter_ns() - t0)))
+    spans = []
+    for _ in range(rounds):
+        barrier.wait(timeout=120)
         t0 = time.perf_counter_ns()
-        run()  # warm-up (also touches copy-on-write pages of inherited inputs)
-        repeat = max(1, round(round_ns / max(1, time.perf_counter_ns() - t0)))
-        spans = []
-        for _ in range(rounds):
-            barrier.wait(timeout=120)
-            t0 = time.perf_counter_ns()
-            for _ in range(repeat):
-                run()
-            spans.append((t0, time.perf_counter_ns(), repeat * INPUTS.n_ops))
-        gc.enable()
-        if cache is not None:
-            cache.close()
-        conn.send(("ok", spans))
-    except BaseException:  # tell the parent what went wrong, then fail as usual
-        conn.send(("error", traceback.format_exc()))
-        raise
-    finally:
-        conn.close()
+        for _ in range(repeat):
+            run()
+        spans.append((t0, time.perf_counter_ns(), repeat * INPUTS.n_ops))
+    gc.enable()
+    if cache is not None:
+        cache.close()
+    return spans
 
 
 def measure(
@@ -270,42 +248,14 @@ def measure(
 ) -> dict:
     """Fork ``procs`` workers running the same loop; return ns/op and ops/s."""
     assert INPUTS is not None
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(procs)
-    children = []
-    for _ in range(procs):
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(
-            target=_worker,
-            args=(impl, workload, cache_name, rounds, round_ns, barrier, send, record_hits),
-        )
-        p.start()
-        send.close()
-        children.append((p, recv))
-    all_spans = []
-    try:
-        for p, recv in children:
-            if not recv.poll(600):
-                raise RuntimeError(f"{impl}/{workload}: worker {p.pid} did not answer")
-            status, payload = recv.recv()
-            if status != "ok":
-                raise RuntimeError(f"{impl}/{workload} worker failed:\n{payload}")
-            all_spans.append(payload)
-    finally:
-        for p, _ in children:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    ns_rounds, tput_rounds = [], []
-    for r in range(rounds):
-        spans = [s[r] for s in all_spans]
-        ns_rounds.append(statistics.fmean((end - start) / ops for start, end, ops in spans))
-        wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-        tput_rounds.append(sum(ops for _, _, ops in spans) * 1e9 / wall)
-    ns = statistics.median(ns_rounds)
-    ops_s = 1e9 / ns if procs == 1 else statistics.median(tput_rounds)
-    return {"ns_per_op": ns, "ops_per_s": ops_s, "rounds_ns_per_op": ns_rounds}
+    all_spans = run_forked(
+        _worker,
+        procs,
+        (impl, workload, cache_name, rounds, round_ns, record_hits),
+        timeout=600,
+        what=f"{impl}/{workload}",
+    )
+    return summarize_spans(all_spans, procs)
 
 
 def measure_hit_recording(capacity: str, rounds: int, round_ns: int) -> dict:
@@ -337,46 +287,8 @@ def measure_hit_recording(capacity: str, rounds: int, round_ns: int) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
-    """Where the numbers came from."""
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "cpu model")):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        import metis_shm
-
-        version = getattr(metis_shm, "__version__", None)
-    except ImportError:  # pragma: no cover - imported above already
-        version = None
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "metis_shm_version": version,
-        "loadavg_1m": os.getloadavg()[0],
-    }
-
-
-def fmt_size(n: int) -> str:
-    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
-
-
-def print_table(rows: list[dict]) -> None:
+def print_rows(rows: list[dict]) -> None:
+    """The results table: one line per workload, size and process count."""
     header = (
         "workload",
         "size",
@@ -402,11 +314,7 @@ def print_table(rows: list[dict]) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for x in lines:
-        print("  ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)))
+    print_table(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
         print()
-        print_table(rows)
+        print_rows(rows)
 
         by = {(r["workload"], r["size"], r["procs"]): r for r in rows}
         scaling = {}
