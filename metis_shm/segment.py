@@ -27,7 +27,7 @@ import pwd
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,49 +102,56 @@ def resolve_group(group: int | str | None, what: str = "group") -> int | None:
     if no such group exists."""
     if group is None:
         return None
-    if isinstance(group, bool) or not isinstance(group, int | str):
-        raise InvalidConfig(
-            f"{what}: {group!r} is not valid; expected a group name or a gid",
-            context={"field": what, "value": group},
-        )
-    if isinstance(group, int) or group.isdigit():
-        gid = int(group)
-        if not 0 <= gid < 2**32:
-            raise InvalidConfig(
-                f"{what}: {group!r} is not a valid gid", context={"field": what, "value": group}
-            )
-        return gid
-    try:
-        return grp.getgrnam(group).gr_gid
-    except (KeyError, ValueError):  # ValueError: a NUL in the name
-        raise InvalidConfig(
-            f"{what}: there is no group named {group!r} on this machine (getent group "
-            f"{group}); create it, or give an existing group name or gid",
-            context={"field": what, "value": group},
-        ) from None
+    return _resolve_id(
+        group,
+        what,
+        expected="a group name or a gid",
+        id_word="gid",
+        lookup=lambda name: grp.getgrnam(name).gr_gid,
+        unknown=f"there is no group named {group!r} on this machine (getent group "
+        f"{group}); create it, or give an existing group name or gid",
+    )
 
 
 def resolve_uid(user: int | str, what: str = "trusted_owners") -> int:
     """The uid of ``user`` (a user name or a uid); InvalidConfig if unknown."""
-    if isinstance(user, bool) or not isinstance(user, int | str):
+    return _resolve_id(
+        user,
+        what,
+        expected="user names or uids",
+        id_word="uid",
+        lookup=lambda name: pwd.getpwnam(name).pw_uid,
+        unknown=f"there is no user named {user!r} on this machine",
+    )
+
+
+def _resolve_id(
+    value: object,
+    what: str,
+    *,
+    expected: str,
+    id_word: str,
+    lookup: Callable[[str], int],
+    unknown: str,
+) -> int:
+    """A numeric id as given, or a name looked up; InvalidConfig otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidConfig(
-            f"{what}: {user!r} is not valid; expected user names or uids",
-            context={"field": what, "value": user},
+            f"{what}: {value!r} is not valid; expected {expected}",
+            context={"field": what, "value": value},
         )
-    if isinstance(user, int) or user.isdigit():
-        uid = int(user)
-        if not 0 <= uid < 2**32:
+    if isinstance(value, int) or value.isdigit():
+        number = int(value)
+        if not 0 <= number < 2**32:
             raise InvalidConfig(
-                f"{what}: {user!r} is not a valid uid", context={"field": what, "value": user}
+                f"{what}: {value!r} is not a valid {id_word}",
+                context={"field": what, "value": value},
             )
-        return uid
+        return number
     try:
-        return pwd.getpwnam(user).pw_uid
+        return lookup(value)
     except (KeyError, ValueError):  # ValueError: a NUL in the name
-        raise InvalidConfig(
-            f"{what}: there is no user named {user!r} on this machine",
-            context={"field": what, "value": user},
-        ) from None
+        raise InvalidConfig(f"{what}: {unknown}", context={"field": what, "value": value}) from None
 
 
 def user_name(uid: int) -> str:

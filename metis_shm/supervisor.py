@@ -855,25 +855,13 @@ class Daemon:
         snapshot is recorded in the audit log."""
         if not self.config.snapshot.enabled:
             log.warning("snapshot asked for, but snapshots are disabled in the configuration")
-            if trigger:
-                audit.record(
-                    "snapshot",
-                    None,
-                    outcome="refused",
-                    details={"trigger": trigger, "reason": "snapshots are disabled"},
-                )
+            _audit_unstarted(trigger, "refused", "snapshots are disabled")
             return
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
             for managed in self.caches.values():
                 managed.counters.snapshots_skipped += 1
             log.warning("a snapshot is still being written; skipping this one")
-            if trigger:
-                audit.record(
-                    "snapshot",
-                    None,
-                    outcome="skipped",
-                    details={"trigger": trigger, "reason": "one is being written"},
-                )
+            _audit_unstarted(trigger, "skipped", "one is being written")
             return
         self._snapshot_thread = threading.Thread(
             target=self.snapshot_all,
@@ -1326,6 +1314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.restore_signals()
         daemon.notifier.close()
         logging.getLogger().removeHandler(handler)
+
+
+def _audit_unstarted(trigger: str | None, outcome: str, reason: str) -> None:
+    """An on-demand snapshot (``trigger`` set) that did not start goes to the audit log."""
+    if trigger:
+        details = {"trigger": trigger, "reason": reason}
+        audit.record("snapshot", None, outcome=outcome, details=details)
 
 
 if __name__ == "__main__":

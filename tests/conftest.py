@@ -5,6 +5,9 @@
 * ``cache``: ``Cache(cache_name, capacity="8MiB")``, closed and destroyed after.
 * ``seed`` / ``rng``: a random seed, from ``METIS_TEST_SEED`` when set, printed
   and added to the report of a failing test so the failure can be replayed.
+* ``names``: hands out unique cache names, all destroyed at teardown.
+* ``daemons``: starts metisd processes (tests/daemon/_metisd.py), all killed
+  at teardown.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "daemon"))
 
+from _metisd import Metisd
 from _workers import SEGMENT_PREFIX, SHM_DIR, new_name
 
 from metis_shm import Cache
@@ -45,6 +52,40 @@ def cache(cache_name: str) -> Iterator[Cache]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def names() -> Iterator[Any]:
+    """``names()`` hands out unique cache names; each is destroyed at teardown."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = new_name()
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            Cache.destroy(name)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Any]:
+    """``daemons(config, args=(), env=None)`` starts a metisd; all are killed at teardown."""
+    started: list[Metisd] = []
+
+    def start(config: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> Metisd:
+        d = Metisd(config, args, env).start()
+        started.append(d)
+        return d
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.kill()
 
 
 @pytest.fixture

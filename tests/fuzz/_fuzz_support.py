@@ -3,19 +3,21 @@ cleaning up after a process that libFuzzer ends with ``exit()``, and the
 names of the targets.
 
 A target module defines ``TestOneInput(data: bytes) -> None`` (one input,
-raising only on a finding) and ``close()`` (removes what it created). Run
-as a script, it is instrumented and handed to libFuzzer; imported (by the
-regression tests), nothing is instrumented and ``TestOneInput`` replays an
-input once.
+raising only on a finding) and ``main()``, which registers what the process
+creates with ``clean_up_when_gone`` and hands ``TestOneInput`` to libFuzzer.
+The tests run targets as scripts only: a corpus run, or one saved input
+replayed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -43,6 +45,13 @@ def unlink_segment(name: str) -> None:
     """Remove the segment of cache ``name`` if it is there."""
     with contextlib.suppress(posix_ipc.ExistentialError):
         posix_ipc.unlink_shared_memory(f"/metis.{name}")
+
+
+@functools.cache
+def scratch_directory(target: str) -> Path:
+    """This process's temp directory for the files a target writes (the same
+    one on every call; register it with ``clean_up_when_gone``)."""
+    return Path(tempfile.mkdtemp(prefix=f"metis-fuzz-{target}-"))
 
 
 def clean_up_when_gone(segments: Iterable[str], directories: Iterable[str | Path]) -> None:

@@ -20,47 +20,19 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
-from pathlib import Path
 
-from _fuzz_support import clean_up_when_gone, instrumenting_metis, run_libfuzzer
-from known_findings import passes_over_config
+from _fuzz_support import (
+    clean_up_when_gone,
+    instrumenting_metis,
+    run_libfuzzer,
+    scratch_directory,
+)
 
 with instrumenting_metis(__name__):
     from metis_shm import config
     from metis_shm.errors import InvalidConfig
 
 JSON_FILE, NO_FILE = 1, 2
-
-
-class _State:
-    """The directory the config files are written to."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="metis-fuzz-config-"))
-
-    def close(self) -> None:
-        for entry in self.directory.iterdir():
-            entry.unlink()
-        self.directory.rmdir()
-
-
-_state: _State | None = None
-
-
-def _get_state() -> _State:
-    global _state
-    if _state is None:
-        _state = _State()
-    return _state
-
-
-def close() -> None:
-    """Remove the temp directory this process made."""
-    global _state
-    if _state is not None:
-        _state.close()
-        _state = None
 
 
 def parse_environment(raw: bytes) -> dict[str, str]:
@@ -82,12 +54,11 @@ def TestOneInput(data: bytes) -> None:
         return
     control = data[0]
     file_bytes, _, env_bytes = data[1:].partition(b"\0")
-    if passes_over_config(data[1:]):
-        return
     env = parse_environment(env_bytes)
     path = None
     if not control & NO_FILE:
-        path = _get_state().directory / ("metisd.json" if control & JSON_FILE else "metisd.toml")
+        file_name = "metisd.json" if control & JSON_FILE else "metisd.toml"
+        path = scratch_directory("config") / file_name
         path.write_bytes(file_bytes)
     try:
         loaded = config.load_config(path, env=env)
@@ -101,7 +72,7 @@ def TestOneInput(data: bytes) -> None:
 def main() -> None:
     """Run under libFuzzer with this process's command line."""
     logging.getLogger("metis_shm").setLevel(logging.CRITICAL)
-    clean_up_when_gone([], [_get_state().directory])
+    clean_up_when_gone([], [scratch_directory("config")])
     run_libfuzzer(TestOneInput)
 
 

@@ -19,47 +19,20 @@ the call or while iterating. Anything else is a finding.
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from _fuzz_support import clean_up_when_gone, instrumenting_metis, run_libfuzzer
+from _fuzz_support import (
+    clean_up_when_gone,
+    instrumenting_metis,
+    run_libfuzzer,
+    scratch_directory,
+)
 
 with instrumenting_metis(__name__):
     from metis_shm import traces
     from metis_shm.errors import TraceFormatError
 
 MAX_KEYS = 1 << 20  # a small compressed file may expand a lot: stop reading here
-
-
-class _State:
-    """The directory the trace files are written to."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="metis-fuzz-traces-"))
-
-    def close(self) -> None:
-        for entry in self.directory.iterdir():
-            entry.unlink()
-        self.directory.rmdir()
-
-
-_state: _State | None = None
-
-
-def _get_state() -> _State:
-    global _state
-    if _state is None:
-        _state = _State()
-    return _state
-
-
-def close() -> None:
-    """Remove the temp directory this process made."""
-    global _state
-    if _state is not None:
-        _state.close()
-        _state = None
 
 
 def reader_arguments(control: int) -> dict[str, Any]:
@@ -82,7 +55,7 @@ def TestOneInput(data: bytes) -> None:
     """Read ``data`` as a trace file; raise on a finding."""
     if not data:
         return
-    path = _get_state().directory / "trace.txt"
+    path = scratch_directory("traces") / "trace.txt"
     path.write_bytes(data[1:])
     try:
         for n, key in enumerate(traces.read_trace(path, **reader_arguments(data[0]))):
@@ -96,7 +69,7 @@ def TestOneInput(data: bytes) -> None:
 
 def main() -> None:
     """Run under libFuzzer with this process's command line."""
-    clean_up_when_gone([], [_get_state().directory])
+    clean_up_when_gone([], [scratch_directory("traces")])
     run_libfuzzer(TestOneInput)
 
 

@@ -9,9 +9,8 @@ corpus, and every saved finding is replayed.
   seed it used either way).
 * ``test_regression_input``: every file under ``regressions/<target>/`` is
   run once through the same target (a subprocess: an input may kill the
-  process it runs in) and must pass. Inputs of open findings
-  (``known_findings.OPEN``) are strict xfails, except those that show only
-  under the sanitizers: ``tests/sanitize/`` replays them there.
+  process it runs in) and must pass; ``tests/sanitize/`` replays the engine
+  targets' inputs on the sanitized build too.
 
 Long runs: docs/testing.md.
 """
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from _fuzz_support import CORPUS_DIR, FUZZ_DIR, REGRESSIONS_DIR, TARGETS, target_script
-from known_findings import REACH_KNOWN_ENV, open_findings
 
 FUZZ_SECONDS = int(os.environ.get("METIS_FUZZ_SECONDS", "15"))
 RSS_LIMIT_MB = 2048
@@ -38,6 +36,21 @@ ARTIFACT_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 
 def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _run(command: list[str], timeout: float, late: str) -> tuple[subprocess.Popen[str], str]:
+    """Run a target script in the fuzz directory; its process and its output.
+    Fails the test with ``late`` and the output's tail after ``timeout``."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=FUZZ_DIR
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"{late}:\n{_tail(output)}")
+    return process, output
 
 
 def _segments_of(pid: int) -> list[str]:
@@ -75,18 +88,14 @@ def test_fuzz_target_runs_clean(target: str, tmp_path: Path) -> None:
         command.append(f"-dict={dictionary}")
     if os.environ.get("METIS_FUZZ_SEED"):
         command.append(f"-seed={int(os.environ['METIS_FUZZ_SEED'])}")
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=FUZZ_DIR
+    process, output = _run(
+        command,
+        FUZZ_SECONDS + STARTUP_ALLOWANCE,
+        f"fuzz_{target} did not stop after -max_total_time",
     )
-    try:
-        output, _ = process.communicate(timeout=FUZZ_SECONDS + STARTUP_ALLOWANCE)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"fuzz_{target} did not stop after -max_total_time:\n{_tail(output)}")
     found = sorted(p.name for p in artifacts.iterdir() if p.name.startswith(ARTIFACT_PREFIXES))
     replay = (
-        f"replay: METIS_FUZZ_REACH_KNOWN=1 python tests/fuzz/fuzz_{target}.py FILE; "
+        f"replay: python tests/fuzz/fuzz_{target}.py FILE; "
         "then save the input under tests/fuzz/regressions/ (docs/testing.md)"
     )
     assert process.returncode == 0 and not found, (
@@ -98,24 +107,16 @@ def test_fuzz_target_runs_clean(target: str, tmp_path: Path) -> None:
 
 
 def _regression_inputs() -> list[object]:
-    params: list[object] = []
-    for target in TARGETS:
-        findings = open_findings(target)
-        directory = REGRESSIONS_DIR / target
-        for path in sorted(directory.iterdir()) if directory.exists() else []:
-            finding = findings.get(path.name)
-            marks = (
-                [pytest.mark.xfail(strict=True, reason=f"open finding: {finding.summary}")]
-                if finding and not finding.sanitizer_only  # those: tests/sanitize/
-                else []
-            )
-            params.append(pytest.param(target, path, id=f"{target}/{path.name}", marks=marks))
-    return params
+    return [
+        pytest.param(target, path, id=f"{target}/{path.name}")
+        for target in TARGETS
+        if (REGRESSIONS_DIR / target).exists()
+        for path in sorted((REGRESSIONS_DIR / target).iterdir())
+    ]
 
 
 @pytest.mark.parametrize(("target", "path"), _regression_inputs())
 def test_regression_input(target: str, path: Path, tmp_path: Path) -> None:
-    env = {**os.environ, REACH_KNOWN_ENV: "1"}
     command = [
         sys.executable,
         str(target_script(target)),
@@ -124,15 +125,9 @@ def test_regression_input(target: str, path: Path, tmp_path: Path) -> None:
         f"-rss_limit_mb={RSS_LIMIT_MB}",
         f"-artifact_prefix={tmp_path}/",
     ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=FUZZ_DIR, env=env
+    process, output = _run(
+        command, REPLAY_TIMEOUT + STARTUP_ALLOWANCE, f"{path.name} did not finish"
     )
-    try:
-        output, _ = process.communicate(timeout=REPLAY_TIMEOUT + STARTUP_ALLOWANCE)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"{path.name} did not finish:\n{_tail(output)}")
     assert not _wait_cleaned_up(process.pid), f"fuzz_{target} left its segment behind"
     assert process.returncode == 0, (
         f"regression input {target}/{path.name} fails again (exit {process.returncode}):\n"

@@ -16,8 +16,8 @@ and no report file exists and no report text is in its output. Leak
 detection is off: CPython keeps memory alive until exit by design.
 
 The saved inputs of the segment and snapshot fuzz targets are replayed on
-the same build (some findings show only under a sanitizer; inputs of open
-findings that fail without one are left to tests/fuzz/), and the corpus of
+the same build (some findings, such as the read_header over-read, show
+only under a sanitizer), and the corpus of
 each, grown for 10 s on the normal engine, is replayed and mutated for 10 s
 on it.
 
@@ -45,7 +45,6 @@ FUZZ_DIR = REPO / "tests" / "fuzz"
 sys.path.insert(0, str(FUZZ_DIR))  # the fuzz targets' findings and paths
 
 from _fuzz_support import REGRESSIONS_DIR, target_script  # noqa: E402
-from known_findings import REACH_KNOWN_ENV, open_findings  # noqa: E402
 
 ENGINE_TARGETS = ("segment", "snapshot")  # the fuzz targets that reach native code
 GROW_SECONDS = 10  # coverage-guided, on the normal engine
@@ -187,23 +186,12 @@ def test_sanitizer_reports_are_caught(sanitized: tuple[Path, str], tmp_path: Pat
 
 
 def _engine_regressions() -> list[object]:
-    """The saved inputs of the engine targets, less those of open findings that
-    fail without a sanitizer too (test_fuzz.py has them; here they would only
-    cost time)."""
-    params: list[object] = []
-    for target in ENGINE_TARGETS:
-        findings = open_findings(target)
-        for path in sorted((REGRESSIONS_DIR / target).iterdir()):
-            finding = findings.get(path.name)
-            if finding and not finding.sanitizer_only:
-                continue
-            marks = (
-                [pytest.mark.xfail(strict=True, reason=f"open finding: {finding.summary}")]
-                if finding
-                else []
-            )
-            params.append(pytest.param(target, path, id=f"{target}/{path.name}", marks=marks))
-    return params
+    """The saved inputs of the targets that reach the engine."""
+    return [
+        pytest.param(target, path, id=f"{target}/{path.name}")
+        for target in ENGINE_TARGETS
+        for path in sorted((REGRESSIONS_DIR / target).iterdir())
+    ]
 
 
 def _run_target(
@@ -231,7 +219,7 @@ def test_fuzz_regression_sanitized(
     the sanitizers too (some findings show only there)."""
     tree, libasan = sanitized
     reports = tmp_path / "reports"
-    env = {**sanitizer_env(tree, libasan, reports), REACH_KNOWN_ENV: "1"}
+    env = sanitizer_env(tree, libasan, reports)
     arguments = [str(path), "-timeout=5", f"-artifact_prefix={tmp_path}/"]
     code, output = _run_target(target, arguments, env, timeout=90)
     found = _reports(reports)
