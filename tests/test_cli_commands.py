@@ -267,3 +267,16 @@ def _check_docs_show(screen: str) -> None:
     for label in labels:
         assert label in screen, label
         assert label in block, f"docs/cli.md's top screen lacks {label!r}"
+
+
+def test_get_unpickles_only_with_pickle_flag(
+    cache_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Cache(cache_name, capacity="1MiB", serializer="pickle") as owner:
+        owner.set("doc", {"a": (1, 2)})
+        assert main(["get", cache_name, "doc"]) != 0
+        assert "serializer='pickle'" in capsys.readouterr().err
+        assert main(["stats", cache_name]) == 0  # reads no value: attaches as it is
+        capsys.readouterr()
+        assert main(["get", cache_name, "doc", "--pickle", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["value"] == {"a": [1, 2]}
