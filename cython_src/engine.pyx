@@ -731,6 +731,12 @@ cdef class Engine:
             "Metis. Run `metis check`, then recreate the cache or restore a snapshot",
             context={"shard": s.index})
 
+    cdef int _abandon_write(self, ShardRef *s) except -1:
+        """Close the write section, unlock and raise _corrupt (nothing was changed)."""
+        do_write_end(s)
+        shard_unlock(s)
+        return self._corrupt(s)
+
     cdef int _check_size(self, KeyView *kv, ValueView *vv) except -1:
         cdef uint64_t need = item_block_need(kv.n, vv.n)
         if <uint64_t>vv.n > self._max_value or need > self._max_block:
@@ -830,7 +836,9 @@ cdef class Engine:
         self._lock(s)
         do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off and off != INDEX_TORN:
+        if off == INDEX_TORN:
+            self._abandon_write(s)
+        if off:
             if item_expired(item_at(s, off), metis_now_ns()):
                 s.sh.expirations += 1
             else:
@@ -839,8 +847,6 @@ cdef class Engine:
             do_item_remove(s, link, off)
         do_write_end(s)
         shard_unlock(s)
-        if off == INDEX_TORN:
-            self._corrupt(s)
         return removed
 
     # ---- public API --------------------------------------------------------
@@ -946,13 +952,13 @@ cdef class Engine:
         self._lock(s)
         do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
-        if off and off != INDEX_TORN and not item_expired(item_at(s, off), metis_now_ns()):
+        if off == INDEX_TORN:
+            self._abandon_write(s)
+        if off and not item_expired(item_at(s, off), metis_now_ns()):
             item_at(s, off).expire_ns = expire
             found = True
         do_write_end(s)
         shard_unlock(s)
-        if off == INDEX_TORN:
-            self._corrupt(s)
         return found
 
     def incr(self, key, delta=1, *, default=None, ttl=None):
@@ -987,15 +993,12 @@ cdef class Engine:
         now = metis_now_ns()
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         if off == INDEX_TORN:
-            r = R_CORRUPT
-            off = 0
-        elif off and item_expired(item_at(s, off), now):
+            self._abandon_write(s)
+        if off and item_expired(item_at(s, off), now):
             do_item_remove(s, link, off)
             s.sh.expirations += 1
             off = 0
-        if r == R_CORRUPT:
-            pass
-        elif off:
+        if off:
             it = item_at(s, off)
             if (it.flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) != KIND_INT or it.value_len != 8:
                 r = R_NOT_COUNTER
@@ -1017,7 +1020,7 @@ cdef class Engine:
             r = self._do_store(s, &kv, &vv, expire, MODE_SET, now)
         do_write_end(s)
         shard_unlock(s)
-        if r == R_CORRUPT:
+        if r == R_CORRUPT:  # from _do_store
             self._corrupt(s)
         if r == R_NO_ROOM:
             raise _errors.ValueTooLarge(
