@@ -12,11 +12,22 @@
 # writer killed anywhere leaves a walkable arena, and repair (shard.pxd)
 # rebuilds the free lists and footers from a walk.
 #
+# Reuse rule: lock-free readers may be inside any block that was ever
+# reachable from the index. do_free bumps the shard's reclaim sequence
+# (do_reclaim_begin) before its first store into the block, so a reader that
+# saw any of what follows retries (optimistic.pxd).
+#
+# Fit rule: an allocation evicts only when no free block is large enough.
+# Blocks merge with free neighbours as they are freed, so free space is
+# always coalesced; do_alloc looks in the exact size class, then any larger
+# class (where every block fits), and last the whole exact class.
+#
 # Functions named do_* expect the caller to hold the shard lock.
 from libc.stdint cimport uint32_t, uint64_t
 from layout cimport (ShardRef, FreeBlock, ARENA_RESERVED, MIN_BLOCK, N_BINS,
-                     BLOCK_USED, BLOCK_PREV_FREE, BLOCK_MARK, block_size)
-from includes.sync cimport METIS_CRASH_POINT, metis_store_release_u32
+                     BLOCK_USED, BLOCK_PREV_FREE, block_size)
+from includes.sync cimport (METIS_CRASH_POINT, metis_store_release_u32, metis_store_release_u64,
+                            metis_load_relaxed_u64, metis_fence_release)
 
 cdef extern from *:
     int __builtin_clz(unsigned int x) nogil
@@ -24,6 +35,18 @@ cdef extern from *:
 
 cdef enum:
     FIT_SCAN = 8            # first-fit probes in the exact size class
+
+
+cdef inline void do_reclaim_begin(ShardRef *s) noexcept nogil:
+    """Before changing memory a reader may be inside: make readers retry.
+
+    Release: a reader that sees the new sequence also sees every unlink
+    before it, so it cannot reach the block at all. The fence orders the
+    bump before the stores that follow: a reader that sees one of those
+    sees the bump when it validates.
+    """
+    metis_store_release_u64(&s.sh.reclaim_seq, metis_load_relaxed_u64(&s.sh.reclaim_seq) + 1)
+    metis_fence_release()
 
 
 cdef inline uint32_t *hdr_word(ShardRef *s, uint32_t off) noexcept nogil:
@@ -79,23 +102,39 @@ cdef inline void alloc_init(ShardRef *s) noexcept nogil:
     s.sh.free_bytes = size
 
 
-cdef inline uint32_t do_alloc(ShardRef *s, uint32_t size) noexcept nogil:
-    """A used block of at least `size` bytes (a multiple of 8), or 0."""
-    cdef uint32_t b = bin_of(size)
+cdef inline uint32_t _fit_in_bin(ShardRef *s, uint32_t b, uint32_t size,
+                                 uint64_t probes) noexcept nogil:
+    """First block of bin b with at least `size` bytes, looking at no more
+    than `probes` blocks; 0 if none."""
     cdef uint32_t off = s.sh.bin_heads[b]
-    cdef uint32_t probes = 0, higher, hdr, fsize, rem, rest, nxt
-    while off and probes < FIT_SCAN:
+    cdef uint64_t seen = 0
+    while off and seen < probes:
         if block_size(s, off) >= size:
-            break
+            return off
         off = free_at(s, off).next_free
-        probes += 1
-    else:
-        off = 0
+        seen += 1
+    return 0
+
+
+cdef inline uint32_t do_alloc(ShardRef *s, uint32_t size, bint exhaustive) noexcept nogil:
+    """A used block of at least `size` bytes (a multiple of 8), or 0.
+
+    With `exhaustive`, 0 means no free block fits. Without it, only the
+    first FIT_SCAN blocks of the exact class are looked at: enough after an
+    eviction, whose merged block sits at the head of its class (the caller
+    looked exhaustively before it evicted).
+    """
+    cdef uint32_t b = bin_of(size)
+    cdef uint32_t off = _fit_in_bin(s, b, size, FIT_SCAN)
+    cdef uint32_t higher, hdr, fsize, rem, rest, nxt
     if off == 0:
         higher = s.sh.bin_bitmap & ~((<uint32_t>2 << b) - 1) if b < 31 else 0
-        if higher == 0:
+        if higher:
+            off = s.sh.bin_heads[__builtin_ctz(higher)]
+        elif exhaustive:
+            off = _fit_in_bin(s, b, size, s.chain_limit)
+        if off == 0:
             return 0
-        off = s.sh.bin_heads[__builtin_ctz(higher)]
     do_bin_remove(s, off)
     hdr = hdr_word(s, off)[0]
     fsize = hdr & ~(<uint32_t>7)
@@ -121,9 +160,11 @@ cdef inline uint32_t do_alloc(ShardRef *s, uint32_t size) noexcept nogil:
 
 cdef inline void do_free(ShardRef *s, uint32_t off) noexcept nogil:
     """Return a used block, merging it with free neighbours."""
-    cdef uint32_t hdr = hdr_word(s, off)[0]
-    cdef uint32_t size = hdr & ~(<uint32_t>7)
-    cdef uint32_t start = off, total = size, nxt, nhdr, psize
+    cdef uint32_t hdr, size, start = off, total, nxt, nhdr, psize
+    do_reclaim_begin(s)
+    hdr = hdr_word(s, off)[0]
+    size = hdr & ~(<uint32_t>7)
+    total = size
     hdr_word(s, off)[0] = size | (hdr & BLOCK_PREV_FREE)
     METIS_CRASH_POINT(2)
     nxt = off + size

@@ -3,20 +3,21 @@
 # (empty = consistent). Read-only; builds Python objects, so the caller keeps
 # the garbage collector off while it holds the lock.
 from libc.stdint cimport uint32_t, uint64_t
-from layout cimport (ShardRef, Item, item_at, ARENA_RESERVED, ITEM_HEADER_SIZE, MAX_CHAIN,
-                     N_BINS, BLOCK_USED, BLOCK_PREV_FREE, BLOCK_MARK, FLAG_KEY_STR)
+from layout cimport (ShardRef, Item, item_at, ARENA_RESERVED, ITEM_HEADER_SIZE,
+                     N_BINS, BLOCK_USED, BLOCK_PREV_FREE, FLAG_KEY_STR)
 from allocator cimport hdr_word, free_at, bin_of, block_header_ok
 
 
 cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_shards):
     cdef list problems = []
     cdef str where = f"shard {s.index}"
-    cdef uint32_t off = ARENA_RESERVED, hdr, size, prev_hdr = BLOCK_USED, nxt, steps
+    cdef uint32_t off = ARENA_RESERVED, hdr, size, prev_hdr = BLOCK_USED, nxt
+    cdef uint64_t steps
     cdef uint64_t free_total = 0, used_blocks = 0, n_free = 0, b
     cdef Item *it
     cdef set starts = set(), used = set(), free_blocks = set(), indexed = set(), keys = set()
-    if s.sh.seq & 1:
-        problems.append(f"{where}: sequence word is odd ({s.sh.seq}) with no writer")
+    if s.sh.writing:
+        problems.append(f"{where}: a write section is open with no writer")
     # Blocks tile the arena.
     while off < s.arena_size:
         hdr = hdr_word(s, off)[0]
@@ -24,8 +25,8 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
         if not block_header_ok(s, off, size):
             problems.append(f"{where}: bad block header {hdr:#x} at offset {off}")
             break
-        if hdr & BLOCK_MARK:
-            problems.append(f"{where}: block {off} left marked")
+        if hdr & 4:
+            problems.append(f"{where}: block {off} has an unknown header bit set")
         if bool(hdr & BLOCK_PREV_FREE) != (not (prev_hdr & BLOCK_USED)):
             problems.append(f"{where}: block {off} PREV_FREE bit disagrees with its neighbour")
         starts.add(off)
@@ -98,8 +99,9 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
             indexed.add(off)
             off = it.hnext
             steps += 1
-            if steps > MAX_CHAIN:
-                problems.append(f"{where}: chain of bucket {b} is too long or loops")
+            if steps > s.chain_limit:
+                problems.append(f"{where}: chain of bucket {b} is longer than the shard can "
+                                f"hold ({s.chain_limit} items): it loops")
                 break
     if len(indexed) != used_blocks:
         problems.append(f"{where}: {used_blocks} used blocks, {len(indexed)} indexed (leak)")

@@ -9,25 +9,29 @@ beyond the object it is handed (see metis_shm/cache.py and codec.py).
 
 Thread safety: every method runs with the GIL held and never releases it
 while a shard lock is held, so threads of one process never contend on a
-shard lock; processes do. Reads take no lock.
+shard lock; processes do. Reads take no lock and never wait: the protocol is
+in optimistic.pxd, the argument in docs/architecture.md.
 
 The subsystems are .pxd files of inline functions (layout, hashing,
-allocator, index, item, policy, sweep, shard, check) compiled into this one
-module, so the read path inlines across them.
+allocator, index, item, policy, sweep, shard, check, optimistic) compiled
+into this one module, so the read path inlines across them.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport isfinite
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from layout cimport *
-from hashing cimport metis_hash
+from hashing cimport metis_hash, metis_siphash
 from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
-from index cimport (INDEX_TORN, chain_bound, item_offset_ok, index_find_optimistic,
-                    do_index_find, do_index_insert, do_index_replace)
+from index cimport (INDEX_TORN, item_offset_ok, do_index_find, do_index_insert,
+                    do_index_replace)
+from optimistic cimport (OptItem, OPT_FOUND, OPT_MISS, OPT_BROKEN, opt_begin, opt_still,
+                         opt_find, opt_key_ptr, opt_value_ptr)
 from item cimport item_expired, item_fill, do_item_remove, do_item_evict
 from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, do_policy_on_hit,
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
@@ -35,10 +39,11 @@ from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, d
 from sweep cimport do_sweep
 from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
                     do_shard_repair)
+from posix.unistd cimport getpid
 from check cimport do_shard_check
 from includes.sync cimport *
 from includes.posix cimport (mmap, munmap, MAP_FAILED, PROT_READ, PROT_WRITE, MAP_SHARED,
-                             kill, errno, ESRCH, sched_yield)
+                             kill, errno, ESRCH, EBUSY, ETIMEDOUT, EOWNERDEAD, sched_yield)
 
 import gc
 import os
@@ -47,6 +52,7 @@ from metis_shm import errors as _errors
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    int PyErr_CheckSignals() except -1
     bint PyUnicode_Check(object o)
     bint PyBytes_Check(object o)
 
@@ -63,8 +69,13 @@ POLICIES = {"wtinylfu": POLICY_WTINYLFU, "sieve": POLICY_SIEVE, "lru": POLICY_LR
 CRASH_POINTS = 6
 
 cdef enum:
-    OPTIMISTIC_TRIES = 64       # seqlock attempts before a reader takes the lock
-    YIELD_AFTER = 16            # spins before a reader yields the CPU
+    # A reader retries only when a running writer reclaimed a block of its
+    # shard while it looked (optimistic.pxd). After TRYLOCK_AFTER such
+    # retries in a row it also tries the lock, never waiting for it, so even
+    # a writer freeing blocks without pause cannot starve it.
+    TRYLOCK_AFTER = 8
+    YIELD_AFTER = 32            # retries before a reader yields the CPU
+    LOCK_SLICE_MS = 100         # a writer waiting for a lock looks at signals this often
     MODE_SET = 0
     MODE_ADD = 1
     MODE_REPLACE = 2
@@ -78,16 +89,28 @@ cdef enum:
     R_CORRUPT = 6           # a chain left the arena: see _corrupt()
 
 cdef object _MISSING = object()
+cdef object _TRY_AGAIN = object()
 
 
-def set_crash_point(int point, long after=0):
-    """Test hook: SIGKILL this process at labelled write-path point `point`
-    (1..CRASH_POINTS) when it is reached for the (after+1)-th time; 0 disarms."""
-    global metis_crash_point, metis_crash_after
+def set_crash_point(int point, long after=0, int sig=9):
+    """Test hook: raise signal `sig` (SIGKILL by default; SIGSTOP stops the
+    process there, inside its write section) in this process at labelled
+    write-path point `point` (1..CRASH_POINTS) when it is reached for the
+    (after+1)-th time; 0 disarms. A point that stops the process disarms
+    itself first, so the write goes on after SIGCONT."""
+    global metis_crash_point, metis_crash_after, metis_crash_signal
     if point < 0 or point > CRASH_POINTS:
         raise ValueError(f"crash point must be 0..{CRASH_POINTS}, not {point}")
     metis_crash_after = after
+    metis_crash_signal = sig
     metis_crash_point = point
+
+
+def _siphash(int c_rounds, int d_rounds, uint64_t k0, uint64_t k1, bytes data):
+    """Test hook: SipHash-c-d of `data` under key (k0, k1), as the engine
+    computes it (the tests check SipHash-2-4 against the paper's vectors)."""
+    return metis_siphash(c_rounds, d_rounds, k0, k1, PyBytes_AS_STRING(data),
+                         PyBytes_GET_SIZE(data))
 
 
 cdef extern from *:
@@ -201,7 +224,8 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
 
 cdef SegmentHeader _zero_header
 memset(&_zero_header, 0, sizeof(SegmentHeader))
-_HEADER_FIELDS = tuple(k for k in dict(_zero_header) if k not in ("magic", "hash_seed"))
+_SECRET_FIELDS = ("hash_seed", "hash_seed2")
+_HEADER_FIELDS = tuple(k for k in dict(_zero_header) if k != "magic" and k not in _SECRET_FIELDS)
 
 
 def read_header(bytes raw):
@@ -215,7 +239,8 @@ def read_header(bytes raw):
     memset(h.magic, 0, 8)
     d = dict(h)
     d["magic"] = magic
-    del d["hash_seed"]  # a secret against hash flooding: not for stats or logs
+    for secret in _SECRET_FIELDS:  # the key against hash flooding: not for stats or logs
+        del d[secret]
     return d
 
 
@@ -263,6 +288,7 @@ cdef class Engine:
     cdef uint32_t _stripe
     cdef bint _record_hits
     cdef uint64_t _hash_seed
+    cdef uint64_t _hash_seed2
 
     def __dealloc__(self):
         self._unmap()
@@ -301,7 +327,8 @@ cdef class Engine:
         fields.update(layout_version=LAYOUT_VERSION, header_size=HEADER_SIZE,
                       created_ns=metis_now_ns(), creator_uid=os.getuid(),
                       creator_pid=os.getpid(), state=STATE_INITIALIZING, magic=b"\0" * 8,
-                      hash_seed=int.from_bytes(os.urandom(8), "little"))
+                      hash_seed=int.from_bytes(os.urandom(8), "little"),
+                      hash_seed2=int.from_bytes(os.urandom(8), "little"))
         fresh = fields
         memcpy(h, &fresh, sizeof(SegmentHeader))
         self._setup_views()
@@ -324,6 +351,20 @@ cdef class Engine:
         cdef SegmentHeader *h = self._hdr
         cdef uint32_t i
         cdef ShardRef *s
+        # A header is input (any writer of the segment can change it): the
+        # bounds the read path relies on are checked here, not assumed.
+        if h.shard_arena_size < 4096 or h.shard_arena_size > 0x80000000 or \
+                h.shard_arena_size % ARENA_ALIGN:
+            raise _errors.SegmentCorrupt(
+                f"impossible header: shard_arena_size {h.shard_arena_size}",
+                context={"field": "shard_arena_size"})
+        if h.max_key_size < 1 or h.max_key_size > 65536:
+            raise _errors.SegmentCorrupt(f"impossible header: max_key_size {h.max_key_size}",
+                                         context={"field": "max_key_size"})
+        if h.max_value_size < 1 or h.max_value_size >= 0x80000000:
+            raise _errors.SegmentCorrupt(
+                f"impossible header: max_value_size {h.max_value_size}",
+                context={"field": "max_value_size"})
         self._n_shards = h.n_shards
         self._shard_shift = h.shard_shift
         self._max_key = h.max_key_size
@@ -332,6 +373,7 @@ cdef class Engine:
         self._max_block = <uint32_t>h.shard_arena_size
         self._max_value = h.max_value_size
         self._hash_seed = h.hash_seed
+        self._hash_seed2 = h.hash_seed2
         if self._shards == NULL:
             self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
             if self._shards == NULL:
@@ -358,6 +400,8 @@ cdef class Engine:
             s.bucket_mask = h.index_buckets - 1
             s.policy = h.policy
             s.index = i
+            s.max_value = h.max_value_size
+            s.chain_limit = s.arena_size // MIN_BLOCK
 
     def _set_codec(self, codec):
         self._codec = codec
@@ -506,7 +550,7 @@ cdef class Engine:
             raise _errors.KeyTooLarge(
                 f"key is {kv.n} bytes; max_key_size is {self._max_key}",
                 context={"size": kv.n, "limit": self._max_key})
-        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed)
+        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed, self._hash_seed2)
         return 0
 
     cdef inline ShardRef *_shard_for(self, uint64_t h) noexcept:
@@ -562,12 +606,25 @@ cdef class Engine:
             out[0] = metis_now_ns() + <uint64_t>self._default_ttl_ns \
                 if self._default_ttl_ns > 0 else 0
             return 0
-        try:
+        # bool is an int, but ttl=True meaning one second is a bug in the caller.
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            try:
+                if isinstance(ttl, bool):
+                    raise TypeError
+                t = ttl.__float__()  # Decimal, numpy floats: numbers that are not int/float
+            except (TypeError, AttributeError, ValueError):
+                raise _errors.InvalidArgument(
+                    f"ttl must be a number of seconds or None, not {ttl!r}",
+                    context={"argument": "ttl", "value": repr(ttl)}) from None
+        elif isinstance(ttl, int):
+            t = 9.0e9 if ttl >= 9_000_000_000 else (0.0 if ttl <= 0 else ttl)
+        else:
             t = ttl
-        except TypeError:
-            raise _errors.InvalidConfig(
-                f"ttl must be a number of seconds or None, not {type(ttl).__name__}",
-                context={"field": "ttl", "value": repr(ttl)}) from None
+        # NaN converts to an integer in no defined way (C leaves it undefined:
+        # "never" on x86-64, "now" on ARM64); refuse it.
+        if t != t:
+            raise _errors.InvalidArgument("ttl must be a number of seconds, not NaN",
+                                          context={"argument": "ttl", "value": "nan"})
         if t <= 0:
             out[0] = 0
             return 1
@@ -582,70 +639,71 @@ cdef class Engine:
     # ---- the read path -----------------------------------------------------
 
     cdef object _read(self, KeyView *kv, object default, bint consume):
-        """Lock-free lookup; falls back to the lock after OPTIMISTIC_TRIES."""
+        """Lock-free lookup (optimistic.pxd); never waits for another process.
+
+        Every shared field is loaded once by opt_find; the copy below uses
+        only the validated locals it returns. A retry means a running writer
+        reclaimed a block of this shard meanwhile; after TRYLOCK_AFTER of
+        them the reader also tries the lock, without waiting for it.
+        """
         cdef ShardRef *s = self._shard_for(kv.h)
         cdef SlotCounters *c = &self._counters[s.index]
-        cdef uint64_t s1, s2, exp
-        cdef uint32_t off, vlen, flags
+        cdef uint64_t begun
         cdef int64_t ival = 0
+        cdef OptItem found
         cdef Item *it
         cdef object data
-        cdef int attempt
+        cdef int r
+        cdef uint64_t attempt = 0
         if consume:
-            return self._read_locked(s, kv, default, True)
-        for attempt in range(OPTIMISTIC_TRIES):
-            s1 = metis_load_acquire_u64(&s.sh.seq)
-            if s1 & 1:
-                self._bump(&c.read_retries)
+            return self._read_locked(s, kv, default, True, True)
+        found.off = 0
+        found.flags = 0
+        found.expire_ns = 0
+        while True:
+            begun = opt_begin(s)
+            r = opt_find(s, begun, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &found)
+            data = None
+            if r == OPT_FOUND:
+                it = item_at(s, found.off)
+                if (found.flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and \
+                        found.value_len == 8:
+                    memcpy(&ival, opt_value_ptr(it, <uint32_t>kv.n), 8)
+                else:
+                    data = PyBytes_FromStringAndSize(opt_value_ptr(it, <uint32_t>kv.n),
+                                                     found.value_len)
+            if opt_still(s, begun):
+                break
+            # A block was reclaimed while we looked: start again.
+            self._bump(&c.read_retries)
+            attempt += 1
+            if attempt >= TRYLOCK_AFTER:
+                data = self._read_locked(s, kv, _MISSING, False, False)
+                if data is not _TRY_AGAIN:
+                    return default if data is _MISSING else data
                 if attempt >= YIELD_AFTER:
                     sched_yield()
-                else:
-                    metis_cpu_relax()
-                continue
-            off = index_find_optimistic(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag)
-            if off == 0:
-                metis_fence_acquire()
-                if metis_load_relaxed_u64(&s.sh.seq) != s1:
-                    self._bump(&c.read_retries)
-                    continue
-                self._bump(&c.misses)
-                return default
-            data = None
-            if off != INDEX_TORN:
-                it = item_at(s, off)
-                # Relaxed atomic loads: each field is read exactly once, so
-                # the bounds checked below are the bounds used.
-                vlen = metis_load_relaxed_u32(&it.value_len)
-                flags = metis_load_relaxed_u32(&it.flags)
-                exp = metis_load_relaxed_u64(&it.expire_ns)
-                # A torn length must not make us allocate gigabytes: no stored
-                # value is longer than max_value_size.
-                if (vlen <= self._max_value or vlen == 8) and \
-                        <uint64_t>off + ITEM_HEADER_SIZE + kv.n + vlen <= s.arena_size:
-                    if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
-                        memcpy(&ival, item_value(it), 8)
-                    else:
-                        data = PyBytes_FromStringAndSize(item_value(it), vlen)
-                else:
-                    off = INDEX_TORN
-            metis_fence_acquire()
-            s2 = metis_load_relaxed_u64(&s.sh.seq)
-            if s1 != s2 or off == INDEX_TORN:
-                self._bump(&c.read_retries)
-                continue
-            if exp and exp <= metis_now_ns():
-                self._bump(&c.misses)
-                return default
-            self._bump(&c.hits)
-            if self._record_hits:
-                policy_record_hit(s, off, self._stripe)
-            if data is None:
-                return PyLong_FromLongLong(ival)
-            return self._decode(flags, data)
-        return self._read_locked(s, kv, default, False)
+            metis_cpu_relax()
+        if r == OPT_BROKEN:
+            # Nothing was reclaimed, yet the chain made no sense: something
+            # other than the engine wrote this shard.
+            self._corrupt(s)
+        if r == OPT_MISS or (found.expire_ns and found.expire_ns <= metis_now_ns()):
+            self._bump(&c.misses)
+            return default
+        self._bump(&c.hits)
+        if self._record_hits:
+            policy_record_hit(s, found.off, self._stripe)
+        if data is None:
+            return PyLong_FromLongLong(ival)
+        return self._decode(found.flags, data)
 
-    cdef object _read_locked(self, ShardRef *s, KeyView *kv, object default, bint consume):
-        """Lookup under the shard lock (and, with consume, remove: pop)."""
+    cdef object _read_locked(self, ShardRef *s, KeyView *kv, object default, bint consume,
+                             bint wait):
+        """Lookup under the shard lock (and, with consume, remove: pop).
+
+        Without `wait`, only tries the lock: _TRY_AGAIN if it is held.
+        """
         cdef SlotCounters *c = &self._counters[s.index]
         cdef uint32_t off, vlen = 0, flags = 0
         cdef uint32_t *link
@@ -653,7 +711,10 @@ cdef class Engine:
         cdef bint found = False, corrupt = False, nomem = False
         cdef Item *it
         cdef uint64_t now = metis_now_ns()
-        self._lock(s)
+        if wait:
+            self._lock(s)
+        elif not self._try_lock(s):
+            return _TRY_AGAIN
         if consume:
             do_write_begin(s)
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
@@ -680,7 +741,7 @@ cdef class Engine:
                 if buf == NULL:
                     nomem = True
                 else:
-                    memcpy(buf, item_value(it), vlen)
+                    memcpy(buf, item_value(it, <uint32_t>kv.n), vlen)
                     found = True
                     if consume:
                         do_item_remove(s, link, off)
@@ -708,14 +769,44 @@ cdef class Engine:
     # ---- the write path ----------------------------------------------------
 
     cdef int _lock(self, ShardRef *s) except -1:
+        """Take the shard's lock, waiting as long as it takes; Ctrl-C (any
+        signal handler that raises) interrupts the wait."""
         cdef int rc
         self._lock_waiters += 1
-        rc = shard_lock(s)
-        self._lock_waiters -= 1
+        try:
+            while True:
+                rc = shard_lock(s, LOCK_SLICE_MS)
+                if rc != ETIMEDOUT and rc != EBUSY:
+                    break
+                PyErr_CheckSignals()
+        finally:
+            self._lock_waiters -= 1
         if rc != 0:
             raise _errors.LockUnrecoverable(
                 f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
                 context={"shard": s.index, "errno": rc})
+        return self._after_lock(s)
+
+    cdef bint _try_lock(self, ShardRef *s) except -1:
+        """Take the shard's lock if nobody holds it; never waits."""
+        cdef int rc = shard_lock(s, 0)
+        if rc == EBUSY or rc == ETIMEDOUT:
+            return False
+        if rc != 0:
+            raise _errors.LockUnrecoverable(
+                f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
+                context={"shard": s.index, "errno": rc})
+        self._after_lock(s)
+        return True
+
+    cdef int _after_lock(self, ShardRef *s) except -1:
+        # Another thread may have closed the cache while this one waited:
+        # its stats slot may belong to another process by now.
+        if self._closed:
+            shard_unlock(s)
+            if self._lock_waiters == 0:
+                self._unmap()
+            raise _errors.CacheClosed("operation on a closed cache", context={})
         return 0
 
     cdef int _corrupt(self, ShardRef *s) except -1:
@@ -780,13 +871,14 @@ cdef class Engine:
                     if victim == 0:
                         break
                     do_item_evict(s, victim, now)
-        off = do_alloc(s, need)
+        # Evict only when no free block fits (allocator.pxd's fit rule).
+        off = do_alloc(s, need, True)
         while off == 0:
             victim = do_policy_victim(s)
             if victim == 0:
                 return R_NO_ROOM
             do_item_evict(s, victim, now)
-            off = do_alloc(s, need)
+            off = do_alloc(s, need, False)
         it = item_at(s, off)
         s.sh.write_counter += 1
         item_fill(it, s.sh.write_counter, kv.h, expire, kv.p, <uint32_t>kv.n, vv.p,
@@ -961,11 +1053,29 @@ cdef class Engine:
         shard_unlock(s)
         return found
 
+    cdef int64_t _counter_arg(self, object value, str name) except? -1:
+        """An int64 delta or default; a MetisError with its code otherwise."""
+        cdef int overflow = 0
+        cdef int64_t v
+        if type(value) is bool or not isinstance(value, int):
+            raise _errors.InvalidArgument(
+                f"{name} must be an int, not {type(value).__name__} ({value!r}): counters "
+                f"are signed 64-bit integers and nothing is rounded",
+                context={"argument": name, "value": repr(value)})
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow:
+            raise _errors.CounterOverflow(
+                f"{name} {value} is outside the signed 64-bit range of a counter",
+                context={"argument": name, "value": repr(value)})
+        return v
+
     def incr(self, key, delta=1, *, default=None, ttl=None):
         """Add `delta` to a 64-bit counter atomically and return the result.
 
         A missing key raises KeyNotFound unless `default` is given, in which
-        case the counter starts at `default` (+ delta) with `ttl`.
+        case the counter starts at `default` (+ delta) with `ttl`. The new
+        value is written as a new item that replaces the old one (readers
+        never see a counter change in place), keeping the counter's expiry.
         """
         cdef KeyView kv
         cdef ValueView vv
@@ -980,16 +1090,18 @@ cdef class Engine:
         cdef int64_t start = 0
         self._check_open()
         self._key(key, &kv)
-        d = delta
+        d = self._counter_arg(delta, "delta")
         if has_default:
-            start = default
-            vv.n = 8
-            vv.flags = KIND_INT
-            self._check_size(&kv, &vv)
+            start = self._counter_arg(default, "default")
+        vv.n = 8
+        vv.flags = KIND_INT
+        vv.p = <const char *>&vv.ival
+        self._check_size(&kv, &vv)
         expiring = self._expiry(ttl, &expire)
         s = self._shard_for(kv.h)
         self._lock(s)
         do_write_begin(s)
+        do_policy_drain(s)
         now = metis_now_ns()
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         if off == INDEX_TORN:
@@ -1003,20 +1115,18 @@ cdef class Engine:
             if (it.flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) != KIND_INT or it.value_len != 8:
                 r = R_NOT_COUNTER
             else:
-                memcpy(&cur, item_value(it), 8)
+                memcpy(&cur, item_value(it, <uint32_t>kv.n), 8)
                 if __builtin_add_overflow(cur, d, &res):
                     r = R_OVERFLOW
                 else:
-                    memcpy(item_value(it), &res, 8)
-                    s.sh.sets += 1
-                    do_policy_on_hit(s, off)
+                    vv.ival = res
+                    r = self._do_store(s, &kv, &vv, it.expire_ns, MODE_SET, now)
         elif not has_default:
             r = R_MISSING
         elif __builtin_add_overflow(start, d, &res):
             r = R_OVERFLOW
         elif not expiring:
             vv.ival = res
-            vv.p = <const char *>&vv.ival
             r = self._do_store(s, &kv, &vv, expire, MODE_SET, now)
         do_write_end(s)
         shard_unlock(s)
@@ -1040,7 +1150,12 @@ cdef class Engine:
 
     def decr(self, key, delta=1, *, default=None, ttl=None):
         """incr(key, -delta, ...)."""
-        return self.incr(key, -delta, default=default, ttl=ttl)
+        cdef int64_t d = self._counter_arg(delta, "delta")
+        if d == -0x7FFFFFFFFFFFFFFF - 1:
+            raise _errors.CounterOverflow(
+                f"delta {delta} cannot be negated within the signed 64-bit range",
+                context={"argument": "delta", "value": repr(delta)})
+        return self.incr(key, -d, default=default, ttl=ttl)
 
     def get_many(self, keys):
         """A dict of the keys found (absent and expired keys are left out)."""
@@ -1136,77 +1251,99 @@ cdef class Engine:
                         yield key
 
     cdef list _bucket_keys(self, uint32_t shard, uint64_t first, uint64_t last):
-        """Live keys of buckets [first, last) of a shard, copied consistently."""
+        """Live keys of buckets [first, last) of a shard, copied consistently
+        (the lock-free protocol of optimistic.pxd, as for get)."""
         cdef ShardRef *s = &self._shards[shard]
-        cdef uint64_t s1, b, now
-        cdef uint32_t off, steps, klen, kflags
-        cdef Item *it
+        cdef uint64_t begun, attempt = 0
         cdef list out
-        cdef bint torn
-        cdef int attempt
-        for attempt in range(OPTIMISTIC_TRIES + 1):
-            locked = attempt == OPTIMISTIC_TRIES
-            if locked:
-                return self._bucket_keys_locked(s, first, last)
-            s1 = metis_load_acquire_u64(&s.sh.seq)
-            if s1 & 1:
-                metis_cpu_relax()
-                continue
-            out = []
-            torn = False
-            now = metis_now_ns()
-            for b in range(first, last):
-                off = metis_load_relaxed_u32(&s.buckets[b])
-                steps = 0
-                while off and not torn:
-                    if not (off >= ARENA_RESERVED and (off & 7) == 0 and
-                            <uint64_t>off + ITEM_HEADER_SIZE <= s.arena_size) or \
-                            steps >= MAX_CHAIN:
-                        torn = True
-                        break
-                    it = item_at(s, off)
-                    klen = metis_load_relaxed_u32(&it.key_len)
-                    kflags = metis_load_relaxed_u32(&it.flags)
-                    if klen > self._max_key or \
-                            <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
-                        torn = True
-                        break
-                    if not item_expired(it, now):
-                        out.append(_key_object(it, klen, kflags))
-                    off = metis_load_relaxed_u32(&it.hnext)
-                    steps += 1
-                if torn:
-                    break
-            metis_fence_acquire()
-            if not torn and metis_load_relaxed_u64(&s.sh.seq) == s1:
+        cdef bint broken = False
+        while True:
+            begun = opt_begin(s)
+            out = self._bucket_keys_optimistic(s, begun, first, last, &broken)
+            if opt_still(s, begun):
+                if broken:
+                    self._corrupt(s)
                 return out
-        return []
+            attempt += 1
+            if attempt >= TRYLOCK_AFTER:
+                out = self._bucket_keys_locked(s, first, last, False)
+                if out is not None:
+                    return out
+                if attempt >= YIELD_AFTER:
+                    sched_yield()
+            metis_cpu_relax()
 
-    cdef list _bucket_keys_locked(self, ShardRef *s, uint64_t first, uint64_t last):
-        """The locked fallback of _bucket_keys: Python objects are built under
-        the lock, so the GC (whose finalizers might re-enter this shard; the
-        mutex is not recursive) waits until the lock is released."""
+    cdef list _bucket_keys_optimistic(self, ShardRef *s, uint64_t begun, uint64_t first,
+                                      uint64_t last, bint *broken):
+        cdef uint64_t b, now = metis_now_ns(), steps
+        cdef uint32_t off, klen, kflags
+        cdef uint64_t exp
+        cdef Item *it
         cdef list out = []
-        cdef uint64_t b, now = metis_now_ns()
+        broken[0] = False
+        for b in range(first, last):
+            off = metis_load_acquire_u32(&s.buckets[b])
+            steps = 0
+            while off:
+                if not item_offset_ok(s, off) or steps > s.chain_limit:
+                    broken[0] = True
+                    return out
+                it = item_at(s, off)
+                klen = metis_load_relaxed_u32(&it.key_len)
+                kflags = metis_load_relaxed_u32(&it.flags)
+                exp = metis_load_relaxed_u64(&it.expire_ns)
+                if klen > self._max_key or \
+                        <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
+                    broken[0] = True
+                    return out
+                if exp == 0 or exp > now:
+                    out.append(_key_object(it, klen, kflags))
+                off = metis_load_acquire_u32(&it.hnext)
+                steps += 1
+                if steps % 64 == 0 and not opt_still(s, begun):
+                    return out  # the caller sees the sequence moved and retries
+        return out
+
+    cdef object _bucket_keys_locked(self, ShardRef *s, uint64_t first, uint64_t last,
+                                    bint wait):
+        """The locked fallback of _bucket_keys (None if `wait` is false and
+        the lock is held). Python objects are built under the lock, so the GC
+        (whose finalizers might re-enter this shard; the mutex is not
+        recursive) waits until the lock is released."""
+        cdef list out = []
+        cdef uint64_t b, now = metis_now_ns(), steps
         cdef uint32_t off
         cdef Item *it
+        cdef bint corrupt = False
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._lock(s)
+            if wait:
+                self._lock(s)
+            elif not self._try_lock(s):
+                return None
             try:
                 for b in range(first, last):
                     off = s.buckets[b]
-                    while off:
+                    steps = 0
+                    while off and not corrupt:
                         it = item_at(s, off)
+                        if not item_offset_ok(s, off) or steps > s.chain_limit or \
+                                it.key_len > self._max_key or \
+                                <uint64_t>off + ITEM_HEADER_SIZE + it.key_len > s.arena_size:
+                            corrupt = True
+                            break
                         if not item_expired(it, now):
                             out.append(_key_object(it, it.key_len, it.flags))
                         off = it.hnext
+                        steps += 1
             finally:
                 shard_unlock(s)
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if corrupt:
+            self._corrupt(s)
         return out
 
     def clear(self):
@@ -1241,7 +1378,9 @@ cdef class Engine:
             if not policy_uses_ring(s) or not policy_ring_pending(s):
                 continue
             self._lock(s)
+            do_write_begin(s)  # queue moves: a death halfway needs a repair
             do_policy_drain(s)
+            do_write_end(s)
             shard_unlock(s)
             n += 1
         return n
@@ -1302,11 +1441,61 @@ cdef class Engine:
 
     def _repair_shard(self, uint32_t shard):
         """Rebuild one shard as after a dead writer (tests; operators' last resort)."""
-        cdef ShardRef *s = &self._shards[shard]
+        cdef ShardRef *s
+        self._check_open()
+        if shard >= self._n_shards:
+            raise IndexError(f"shard {shard} of {self._n_shards}")
+        s = &self._shards[shard]
         self._lock(s)
         do_shard_repair(s)
-        s.sh.lock_recoveries += 1
+        s.sh.repairs += 1
         shard_unlock(s)
+
+    # ---- test hooks: states the tests must produce for real ----------------
+
+    def _locate(self, key):
+        """(hash, shard, bucket) of a key in this segment."""
+        cdef KeyView kv
+        cdef ShardRef *s
+        self._check_open()
+        self._key(key, &kv)
+        s = self._shard_for(kv.h)
+        return kv.h, s.index, kv.h & s.bucket_mask
+
+    def _test_hold_lock(self, uint32_t shard, bint write_section=False):
+        """Take a shard's lock and keep it (optionally inside an open write
+        section): the caller is a test process about to be killed or stopped."""
+        cdef ShardRef *s
+        self._check_open()
+        if shard >= self._n_shards:
+            raise IndexError(f"shard {shard} of {self._n_shards}")
+        s = &self._shards[shard]
+        self._lock(s)
+        if write_section:
+            do_write_begin(s)
+
+    def _test_release_lock(self, uint32_t shard):
+        """Undo _test_hold_lock."""
+        cdef ShardRef *s = &self._shards[shard]
+        do_write_end(s)
+        shard_unlock(s)
+
+    def _test_abandon_lock(self, uint32_t shard):
+        """Leave a shard's mutex ENOTRECOVERABLE, as a process that took it
+        from a dead owner (EOWNERDEAD) and unlocked it without repairing
+        would. True if the mutex was in that dead-owner state."""
+        cdef ShardRef *s
+        cdef int rc
+        self._check_open()
+        s = &self._shards[shard]
+        rc = metis_mutex_trylock(s.sh.lock)
+        if rc == 0:
+            metis_mutex_unlock(s.sh.lock)
+            return False
+        if rc != EOWNERDEAD:
+            return False
+        metis_mutex_unlock(s.sh.lock)
+        return True
 
     def _raw_stats(self):
         """Per-shard counters as tuples (see metis_shm.stats for the names)."""
@@ -1349,7 +1538,7 @@ cdef class Engine:
         if shard >= self._n_shards:
             raise IndexError(f"shard {shard} of {self._n_shards}")
         s = &self._shards[shard]
-        bound = chain_bound(s)  # items in the whole shard, over all its chains
+        bound = s.chain_limit  # items in the whole shard, over all its chains
         gc_was_enabled = gc.isenabled()
         gc.disable()  # no finalizer may re-enter this shard while we hold it
         try:
@@ -1372,7 +1561,8 @@ cdef class Engine:
                             out.append((
                                 PyBytes_FromStringAndSize(item_key(it), it.key_len),
                                 it.flags, it.expire_ns,
-                                PyBytes_FromStringAndSize(item_value(it), it.value_len)))
+                                PyBytes_FromStringAndSize(item_value(it, it.key_len),
+                                                          it.value_len)))
                         off = it.hnext
             finally:
                 shard_unlock(s)
@@ -1397,7 +1587,7 @@ cdef class Engine:
             raise _errors.KeyTooLarge(
                 f"key is {kv.n} bytes; max_key_size is {self._max_key}",
                 context={"size": kv.n, "limit": self._max_key})
-        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed)
+        kv.h = metis_hash(kv.p, kv.n, kv.flag, self._hash_seed, self._hash_seed2)
         vv.p = PyBytes_AS_STRING(value)
         vv.n = PyBytes_GET_SIZE(value)
         vv.flags = flags & ~(<uint32_t>FLAG_KEY_STR)

@@ -9,15 +9,15 @@
 # state reachable, never a mix. Repair (shard.pxd) trusts the index and frees
 # whatever used block it cannot reach.
 #
-# index_find_optimistic() runs without the lock while writers may be changing
-# the chain: every offset it follows is bounds-checked, and the caller
-# validates the shard's sequence word before trusting the answer. The locked
-# lookups check bounds too, against a segment written by something other
-# than the engine (docs/security.md).
+# Lock-free readers walk the chains too (optimistic.pxd). The locked
+# lookups here bound-check every offset as well, against a segment written by
+# something other than the engine (docs/security.md). Every walk, locked or
+# not, stops at the same bound: ShardRef.chain_limit, the most items the
+# shard can hold, so a longer walk has met a cycle.
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 from layout cimport (ShardRef, Item, item_at, item_key, ITEM_HEADER_SIZE,
-                     ARENA_RESERVED, MAX_CHAIN, FLAG_KEY_STR)
+                     ARENA_RESERVED, FLAG_KEY_STR)
 from includes.sync cimport (metis_load_relaxed_u32, metis_store_release_u32,
                             METIS_CRASH_POINT)
 
@@ -32,37 +32,6 @@ cdef inline bint item_offset_ok(ShardRef *s, uint32_t off) noexcept nogil:
     return off >= ARENA_RESERVED and (off & 7) == 0 and \
         <uint64_t>off + ITEM_HEADER_SIZE <= s.arena_size
 
-cdef inline bint item_is(Item *it, uint64_t h, const char *key, uint32_t klen,
-                         uint32_t kflag) noexcept nogil:
-    return it.hash == h and it.key_len == klen and \
-        (it.flags & FLAG_KEY_STR) == kflag and memcmp(item_key(it), key, klen) == 0
-
-
-cdef inline uint32_t index_find_optimistic(ShardRef *s, uint64_t h, const char *key,
-                                           uint32_t klen, uint32_t kflag) noexcept nogil:
-    """Offset of the key's item, 0 if absent, INDEX_TORN if the chain looked broken."""
-    cdef uint32_t off = metis_load_relaxed_u32(bucket_of(s, h))
-    cdef uint32_t steps = 0
-    cdef Item *it
-    while off:
-        if not item_offset_ok(s, off) or steps >= MAX_CHAIN:
-            return INDEX_TORN
-        it = item_at(s, off)
-        if it.hash == h and it.key_len == klen and (it.flags & FLAG_KEY_STR) == kflag:
-            if <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
-                return INDEX_TORN
-            if memcmp(item_key(it), key, klen) == 0:
-                return off
-        off = metis_load_relaxed_u32(&it.hnext)
-        steps += 1
-    return 0
-
-
-cdef inline uint64_t chain_bound(ShardRef *s) noexcept nogil:
-    """More steps than the shard can hold items: the chain has a cycle."""
-    return s.arena_size // ITEM_HEADER_SIZE
-
-
 cdef inline uint32_t do_index_find(ShardRef *s, uint64_t h, const char *key, uint32_t klen,
                                    uint32_t kflag, uint32_t **link_out) noexcept nogil:
     """Offset of the key's item or 0; *link_out = the word that points at it.
@@ -71,12 +40,12 @@ cdef inline uint32_t do_index_find(ShardRef *s, uint64_t h, const char *key, uin
     engine wrote the segment (memory corruption, a hostile process with
     write access): an offset outside the arena or a cycle returns INDEX_TORN
     instead of reading out of bounds or looping forever. The bound is the
-    most items a shard can hold, not MAX_CHAIN, so a legitimately long chain
-    (keys chosen to collide) is still searched to its end.
+    most items a shard can hold, so a legitimately long chain (keys that
+    happen to share a bucket) is still searched to its end.
     """
     cdef uint32_t *link = bucket_of(s, h)
     cdef uint32_t off = link[0]
-    cdef uint64_t steps = 0, bound = chain_bound(s)
+    cdef uint64_t steps = 0, bound = s.chain_limit
     cdef Item *it
     link_out[0] = NULL
     while off:
@@ -98,14 +67,17 @@ cdef inline uint32_t do_index_find(ShardRef *s, uint64_t h, const char *key, uin
 cdef inline bint do_index_contains_offset(ShardRef *s, uint32_t off) noexcept nogil:
     """Is `off` the start of an indexed item? (validates access-ring entries)"""
     cdef Item *it
-    cdef uint32_t cur, steps = 0
+    cdef uint32_t cur
+    cdef uint64_t steps = 0
     if not item_offset_ok(s, off):
         return False
     it = item_at(s, off)
     cur = bucket_of(s, it.hash)[0]
-    while cur and steps < MAX_CHAIN:
+    while cur and steps <= s.chain_limit:
         if cur == off:
             return True
+        if not item_offset_ok(s, cur):
+            return False
         cur = item_at(s, cur).hnext
         steps += 1
     return False
@@ -133,7 +105,7 @@ cdef inline uint32_t *do_index_link_of(ShardRef *s, uint32_t off) noexcept nogil
     """The word that points at the indexed item `off` (NULL if not indexed,
     or if the chain leaves the arena or cycles: see do_index_find)."""
     cdef uint32_t *link
-    cdef uint64_t steps = 0, bound = chain_bound(s)
+    cdef uint64_t steps = 0, bound = s.chain_limit
     if not item_offset_ok(s, off):
         return NULL
     link = bucket_of(s, item_at(s, off).hash)

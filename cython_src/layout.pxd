@@ -11,7 +11,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 cdef enum:
-    LAYOUT_VERSION = 1
+    LAYOUT_VERSION = 2
     HEADER_SIZE = 4096
     SHARD_HEADER_SIZE = 1024
     ITEM_HEADER_SIZE = 56
@@ -24,7 +24,6 @@ cdef enum:
     SLOT_HEADER_SIZE = 64
     SLOT_COUNTERS_SIZE = 32
     DEFAULT_SLOTS = 128
-    MAX_CHAIN = 4096
 
     STATE_INITIALIZING = 0
     STATE_READY = 1
@@ -32,7 +31,6 @@ cdef enum:
     # Low bits of a block header word; the size is a multiple of 8.
     BLOCK_USED = 1
     BLOCK_PREV_FREE = 2
-    BLOCK_MARK = 4          # only during repair and check
 
     # Item flags: the engine reads the key-type bit and the counter kind;
     # the rest belongs to the codec (metis_shm/codec.py).
@@ -87,10 +85,10 @@ cdef struct SegmentHeader:
     uint32_t bitmap_stride
     uint32_t ghost_cap
     uint32_t sketch_width
-    # Random at creation, mixed into every key hash, so which keys share a
-    # bucket or a shard cannot be worked out offline (hash flooding). A
-    # segment formatted before this field existed reads 0: the old hash.
+    # The 128-bit SipHash key, random at creation, so which keys share a
+    # bucket or a shard cannot be worked out offline (hash flooding).
     uint64_t hash_seed
+    uint64_t hash_seed2
 
 cdef struct PolicyList:
     uint32_t head           # newest
@@ -105,10 +103,13 @@ cdef struct RingStripe:
 cdef struct ShardHeader:
     # The robust mutex: writers only.
     char lock[64]
-    # The seqlock word, read by every reader: its own cache line.
-    uint64_t seq
-    uint64_t write_counter
-    uint64_t _pad_seq[6]
+    # The reclaim sequence, read by every reader: its own cache line. A
+    # writer bumps it (release) before it changes any block a reader may
+    # have reached: a freed item, a cleared or repaired shard. A reader
+    # trusts what it copied only if the sequence did not move meanwhile
+    # (optimistic.pxd). Nothing else a writer does makes a reader retry.
+    uint64_t reclaim_seq
+    uint64_t _pad_reclaim[7]
     # Written under the lock.
     uint64_t sets
     uint64_t deletes
@@ -121,7 +122,16 @@ cdef struct ShardHeader:
     uint64_t max_items
     uint64_t sweep_cursor
     uint64_t drains
-    uint64_t _pad_stats[5]
+    # Odd while a write section is open (shard.pxd): a lock owner that died
+    # with it odd left the shard half-changed, and the next owner repairs.
+    uint64_t writing
+    uint64_t write_counter  # item versions
+    uint64_t repairs        # full repairs run (lock_recoveries counts every dead owner)
+    # ENOTRECOVERABLE recovery (shard.pxd): the pid re-initialising the
+    # mutex, and how many times it was re-initialised.
+    uint32_t lock_recoverer
+    uint32_t lock_generation
+    uint64_t _pad_stats[1]
     # Allocator: one free list per power-of-two size class.
     uint32_t bin_heads[32]
     uint32_t bin_bitmap
@@ -201,6 +211,8 @@ cdef struct ShardRef:
     uint32_t bucket_mask
     uint32_t policy
     uint32_t index
+    uint32_t max_value      # of the cache: a longer value_len is torn or forged
+    uint64_t chain_limit    # most items the shard can hold: a longer chain loops
 
 cdef inline Item *item_at(ShardRef *s, uint32_t off) noexcept nogil:
     return <Item *>(s.arena + off)
@@ -208,8 +220,10 @@ cdef inline Item *item_at(ShardRef *s, uint32_t off) noexcept nogil:
 cdef inline const char *item_key(Item *it) noexcept nogil:
     return (<const char *>it) + ITEM_HEADER_SIZE
 
-cdef inline char *item_value(Item *it) noexcept nogil:
-    return (<char *>it) + ITEM_HEADER_SIZE + it.key_len
+cdef inline char *item_value(Item *it, uint32_t klen) noexcept nogil:
+    # The key length comes from the caller: a lock-free reader passes the
+    # length it validated, never a second load of it.key_len.
+    return (<char *>it) + ITEM_HEADER_SIZE + klen
 
 cdef inline uint32_t block_size(ShardRef *s, uint32_t off) noexcept nogil:
     return (<uint32_t *>(s.arena + off))[0] & ~(<uint32_t>7)

@@ -35,6 +35,15 @@ class InvalidConfig(MetisError, ValueError):
     code = "INVALID_CONFIG"
 
 
+class InvalidArgument(MetisError, TypeError, ValueError):
+    """An argument of a cache call that it cannot take: a TTL that is not a
+    finite number of seconds (NaN, ``True``, a string), a counter delta or
+    default that is not an integer. Nothing is changed. Both a ``TypeError``
+    and a ``ValueError``, since either may be what the caller expects."""
+
+    code = "INVALID_ARGUMENT"
+
+
 class InvalidKeyType(MetisError, TypeError):
     """A key that is neither ``str`` nor ``bytes``."""
 
@@ -193,6 +202,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
     for cls in (
         InvalidName,
         InvalidConfig,
+        InvalidArgument,
         InvalidKeyType,
         KeyTooLarge,
         ValueTooLarge,

@@ -34,6 +34,8 @@ from metis_shm.errors import ERROR_CLASSES
 ERROR_TABLE = [
     ("INVALID_NAME", "InvalidName", ValueError),
     ("INVALID_CONFIG", "InvalidConfig", ValueError),
+    ("INVALID_ARGUMENT", "InvalidArgument", TypeError),
+    ("INVALID_ARGUMENT", "InvalidArgument", ValueError),
     ("INVALID_KEY_TYPE", "InvalidKeyType", TypeError),
     ("KEY_TOO_LARGE", "KeyTooLarge", ValueError),
     ("VALUE_TOO_LARGE", "ValueTooLarge", ValueError),

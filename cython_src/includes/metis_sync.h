@@ -101,6 +101,19 @@ static inline int metis_mutex_init(void *storage) {
 static inline int metis_mutex_lock(void *storage) {
     return pthread_mutex_lock((pthread_mutex_t *)storage);
 }
+/* 0, ETIMEDOUT after `ms` milliseconds, EOWNERDEAD, or an error. Waiting in
+   slices lets the caller look at signals (Ctrl-C) between them. */
+static inline int metis_mutex_timedlock(void *storage, long ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec += 1;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return pthread_mutex_timedlock((pthread_mutex_t *)storage, &ts);
+}
 /* 0, EBUSY, EOWNERDEAD, or an error. */
 static inline int metis_mutex_trylock(void *storage) {
     return pthread_mutex_trylock((pthread_mutex_t *)storage);
@@ -114,18 +127,24 @@ static inline int metis_mutex_consistent(void *storage) {
 
 /* ---- crash points ------------------------------------------------------ */
 /*
- * The crash tests need a writer to die at a chosen instruction inside the
- * locked write path, not only at a random moment. METIS_CRASH_POINT(k) kills
- * the process with SIGKILL when point k is armed; unarmed it costs one
+ * The crash tests need a writer to die (or stop) at a chosen instruction
+ * inside the locked write path, not only at a random moment.
+ * METIS_CRASH_POINT(k) raises metis_crash_signal (SIGKILL, or SIGSTOP for the
+ * stopped-writer tests) when point k is armed; unarmed it costs one
  * predictable branch. One translation unit includes this header, so these
- * statics exist once per process.
+ * statics exist once per process. A stopped process disarms its point, so
+ * after SIGCONT it carries on with its write.
  */
 static int metis_crash_point = 0;
 static long metis_crash_after = 0;
+static int metis_crash_signal = SIGKILL;
 
 static inline void METIS_CRASH_POINT(int k) {
     if (__builtin_expect(metis_crash_point == k, 0)) {
-        if (metis_crash_after-- <= 0) raise(SIGKILL);
+        if (metis_crash_after-- <= 0) {
+            if (metis_crash_signal != SIGKILL) metis_crash_point = 0;
+            raise(metis_crash_signal);
+        }
     }
 }
 

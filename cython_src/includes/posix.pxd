@@ -16,6 +16,7 @@ cdef extern from "<errno.h>" nogil:
     int ENOTRECOVERABLE
     int EBUSY
     int ESRCH
+    int ETIMEDOUT
 
 cdef extern from "<signal.h>" nogil:
     int kill(int pid, int sig)

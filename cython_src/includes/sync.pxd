@@ -26,9 +26,11 @@ cdef extern from "metis_sync.h" nogil:
     int metis_mutex_init(void *storage)
     int metis_mutex_lock(void *storage)
     int metis_mutex_trylock(void *storage)
+    int metis_mutex_timedlock(void *storage, long ms)
     int metis_mutex_unlock(void *storage)
     int metis_mutex_consistent(void *storage)
 
     int metis_crash_point
     long metis_crash_after
+    int metis_crash_signal
     void METIS_CRASH_POINT(int k)
