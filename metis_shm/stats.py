@@ -10,6 +10,7 @@ import msgspec
 _RAW_FIELDS = (
     "hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes_used",
     "capacity", "free_bytes", "largest_free", "lock_waits", "read_retries", "lock_recoveries",
+    "repairs",
 )  # fmt: skip
 
 
@@ -17,6 +18,7 @@ _RAW_FIELDS = (
 SUMMARY_FIELDS = (
     "hits", "misses", "hit_ratio", "sets", "deletes", "evictions", "expirations", "items",
     "bytes_used", "capacity", "fragmentation", "lock_waits", "read_retries", "lock_recoveries",
+    "repairs",
 )  # fmt: skip
 
 
@@ -36,7 +38,8 @@ class ShardStats(msgspec.Struct, frozen=True):
     largest_free: int
     lock_waits: int
     read_retries: int
-    lock_recoveries: int
+    lock_recoveries: int  # lock owners found dead
+    repairs: int  # of those, the ones that died mid-change: the shard was rebuilt
 
     @property
     def fragmentation(self) -> float:
