@@ -307,6 +307,7 @@ cdef class Engine:
     cdef bint _record_hits
     cdef uint64_t _hash_seed
     cdef uint64_t _hash_seed2
+    cdef list _largest_seen
 
     def __dealloc__(self):
         self._unmap()
@@ -392,6 +393,7 @@ cdef class Engine:
         self._max_value = h.max_value_size
         self._hash_seed = h.hash_seed
         self._hash_seed2 = h.hash_seed2
+        self._largest_seen = [0] * h.n_shards
         if self._shards == NULL:
             self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
             if self._shards == NULL:
@@ -788,22 +790,36 @@ cdef class Engine:
 
     cdef int _lock(self, ShardRef *s) except -1:
         """Take the shard's lock, waiting as long as it takes; Ctrl-C (any
-        signal handler that raises) interrupts the wait."""
+        signal handler that raises) interrupts the wait, and so does another
+        thread closing the cache."""
         cdef int rc
         self._lock_waiters += 1
         try:
             while True:
                 rc = shard_lock(s, LOCK_SLICE_MS)
-                if rc != ETIMEDOUT and rc != EBUSY:
+                if (rc != ETIMEDOUT and rc != EBUSY) or self._closed:
                     break
                 PyErr_CheckSignals()
+                if rc == EBUSY:
+                    sched_yield()  # another process is re-initialising the mutex
         finally:
             self._lock_waiters -= 1
+        if self._closed:
+            return self._closed_while_waiting(s, rc == 0)
         if rc != 0:
             raise _errors.LockUnrecoverable(
                 f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
                 context={"shard": s.index, "errno": rc})
-        return self._after_lock(s)
+        return 0
+
+    cdef int _closed_while_waiting(self, ShardRef *s, bint locked) except -1:
+        # Another thread closed the cache while this one waited: its stats
+        # slot may belong to another process by now, so nothing more is done.
+        if locked:
+            shard_unlock(s)
+        if self._lock_waiters == 0:
+            self._unmap()
+        raise _errors.CacheClosed("operation on a closed cache", context={})
 
     cdef bint _try_lock(self, ShardRef *s) except -1:
         """Take the shard's lock if nobody holds it; never waits."""
@@ -814,18 +830,7 @@ cdef class Engine:
             raise _errors.LockUnrecoverable(
                 f"shard {s.index} lock cannot be taken: {os.strerror(rc)}",
                 context={"shard": s.index, "errno": rc})
-        self._after_lock(s)
         return True
-
-    cdef int _after_lock(self, ShardRef *s) except -1:
-        # Another thread may have closed the cache while this one waited:
-        # its stats slot may belong to another process by now.
-        if self._closed:
-            shard_unlock(s)
-            if self._lock_waiters == 0:
-                self._unmap()
-            raise _errors.CacheClosed("operation on a closed cache", context={})
-        return 0
 
     cdef int _corrupt(self, ShardRef *s) except -1:
         """Raise for a shard whose index points outside its arena or cycles.
@@ -1065,7 +1070,8 @@ cdef class Engine:
         if off == INDEX_TORN:
             self._abandon_write(s)
         if off and not item_expired(item_at(s, off), metis_now_ns()):
-            item_at(s, off).expire_ns = expire
+            # One atomic store: a reader sees the old expiry or the new one.
+            metis_store_relaxed_u64(&item_at(s, off).expire_ns, expire)
             found = True
         do_write_end(s)
         shard_unlock(s)
@@ -1395,7 +1401,8 @@ cdef class Engine:
             s = &self._shards[i]
             if not policy_uses_ring(s) or not policy_ring_pending(s):
                 continue
-            self._lock(s)
+            if not self._try_lock(s):
+                continue
             do_write_begin(s)  # queue moves: a death halfway needs a repair
             do_policy_drain(s)
             do_write_end(s)
@@ -1420,7 +1427,10 @@ cdef class Engine:
             i = self._sweep_shard
             self._sweep_shard = (i + 1) % self._n_shards
             s = &self._shards[i]
-            self._lock(s)
+            # A shard whose lock is held is skipped, not waited for: its
+            # holder may be stopped, and the next sweep comes back to it.
+            if not self._try_lock(s):
+                continue
             do_write_begin(s)
             do_policy_drain(s)
             removed += do_sweep(s, budget, metis_now_ns(), &examined)
@@ -1533,10 +1543,15 @@ cdef class Engine:
                 hits += metis_load_relaxed_u64(&c.hits)
                 misses += metis_load_relaxed_u64(&c.misses)
                 retries += metis_load_relaxed_u64(&c.read_retries)
-            # largest_free walks a free list: take the lock for a stable answer.
-            self._lock(s)
-            largest = alloc_largest_free(s)
-            shard_unlock(s)
+            # largest_free walks a free list, which needs the lock. Stats
+            # must not wait for a stopped lock holder: when the lock is held,
+            # the last figure this process saw stands in.
+            if self._try_lock(s):
+                largest = alloc_largest_free(s)
+                shard_unlock(s)
+                self._largest_seen[i] = largest
+            else:
+                largest = self._largest_seen[i]
             out.append((hits, misses, s.sh.sets, s.sh.deletes, s.sh.evictions,
                         s.sh.expirations, s.sh.items, arena_usable(s) - s.sh.free_bytes,
                         arena_usable(s), s.sh.free_bytes, largest, s.sh.lock_waits, retries,
