@@ -187,6 +187,9 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
     # header is input (a zero would divide by zero, a huge bound overflow).
     if n_shards == 0 or (n_shards & (n_shards - 1)):
         raise ValueError(f"shards must be a power of two, not {n_shards}")
+    if max_entries and max_entries < n_shards:
+        raise ValueError(f"max_entries {max_entries} is less than the {n_shards} shards; every "
+                         f"shard holds at least one entry: use at most {max_entries} shards")
     if max_entries > (<uint64_t>n_shards << 32):
         raise ValueError(f"max_entries {max_entries} is more than {n_shards} shards of "
                          f"32-bit offsets can index ({<uint64_t>n_shards << 32})")

@@ -80,7 +80,11 @@ cdef class _Segment:
             if metis_mutex_init(sh.lock) != 0:
                 raise OSError("cannot initialise a process-shared robust mutex")
             if plan["max_entries"]:
-                sh.max_items = (plan["max_entries"] + self._n_shards - 1) // self._n_shards
+                # The bound is of the whole cache: the first max_entries %
+                # n_shards shards hold one more than the others, so the
+                # shards' bounds add up to exactly max_entries.
+                sh.max_items = plan["max_entries"] // self._n_shards + \
+                    (1 if i < plan["max_entries"] % self._n_shards else 0)
             sh.ghost_cap = plan["ghost_cap"]
             sh.ghost_table_mask = (_pow2_at_least(4 * sh.ghost_cap) - 1) if sh.ghost_cap else 0
             sh.sketch_mask = plan["sketch_width"] - 1 if plan["sketch_width"] else 0

@@ -94,6 +94,10 @@ class Cache(_engine.Engine):
         )  # fmt: skip
         cap = parse_size(capacity, "capacity")
         n_shards = shards if shards is not None else default_shards(cap, settings["max_value_size"])
+        if shards is None and max_entries:
+            # Each shard holds at least one entry of the bound.
+            while n_shards > max_entries:
+                n_shards //= 2
         if (
             not isinstance(n_shards, int)
             or n_shards < 1
