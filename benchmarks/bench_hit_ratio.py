@@ -11,7 +11,7 @@ What it measures
 
 Contenders, all in the same run
     * every policy of the engine (``metis_shm._engine.POLICIES``), through a
-      real Metis cache in shared memory (``metis_shm.simulate``), with 1 shard
+      real Metis cache in shared memory (``metis_shm.sim.simulator``), with 1 shard
       (exact: the figures compare with the references) and with the default
       shard count of this machine (what ``Cache(name)`` gets; each shard
       holds ``ceil(N / shards)`` entries), so sharding's cost shows;
@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT))
 
 import metis_shm  # noqa: E402
 from metis_shm import cache as cache_module  # noqa: E402
-from metis_shm.simulate import available_policies, default_shard_count, simulate  # noqa: E402
-from metis_shm.traces import load_trace, trace_name  # noqa: E402
+from metis_shm.sim.simulator import available_policies, default_shard_count, simulate  # noqa: E402
+from metis_shm.sim.traces import load_trace, trace_name  # noqa: E402
 
 DEFAULT_TRACES = ROOT.parent / "shared" / "traces"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hit_ratio.json"

@@ -1,4 +1,4 @@
-"""Cross-process single-flight with ``metis_shm.memoize``, shown with real processes.
+"""Cross-process single-flight with ``metis_shm.contrib.memoize``, shown with real processes.
 
     python examples/memoize_script.py [cache-name]
     (from a checkout without metis-shm installed: PYTHONPATH=. python examples/...)
@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from metis_shm import Cache
-from metis_shm.memoize import lease_key_for, memoize
+from metis_shm.contrib.memoize import lease_key_for, memoize
 
 N = 8
 COMPUTE_SECONDS = 0.5

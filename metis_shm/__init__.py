@@ -10,6 +10,7 @@ POSIX shared memory.
 
 from metis_shm.cache import Cache
 from metis_shm.codec import register_type
+from metis_shm.contrib.memoize import Memoized, MemoStats, memoize
 from metis_shm.errors import (
     ERROR_CLASSES,
     CacheClosed,
@@ -39,7 +40,6 @@ from metis_shm.errors import (
     TraceNotFound,
     ValueTooLarge,
 )
-from metis_shm.memoize import Memoized, MemoStats, memoize
 from metis_shm.stats import ShardStats, Stats
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``python -m metis_shm``: the ``metis`` command line (metis_shm.cli)."""
+"""``python -m metis_shm``: the ``metis`` command line (``metis_shm.cli``)."""
 
 import sys
 

@@ -15,8 +15,9 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from metis_shm import _engine, audit, segment
+from metis_shm import _engine, segment
 from metis_shm.codec import SERIALIZERS, Codec
+from metis_shm.daemon import audit
 from metis_shm.errors import InvalidConfig
 from metis_shm.stats import Stats, build_stats
 from metis_shm.units import parse_duration, parse_size
@@ -178,7 +179,7 @@ class Cache(_engine.Engine):
 
         Processes that have it open keep working on their mapping until they
         close it; the memory is freed when the last one does. Recorded in the
-        audit log (``metis_shm.audit``).
+        audit log (``metis_shm.daemon.audit``).
         """
         with audit.operation("destroy", name) as info:
             removed = segment.destroy(name)

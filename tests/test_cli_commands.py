@@ -15,7 +15,8 @@ import pexpect
 import pytest
 
 from metis_shm import Cache
-from metis_shm.cli import main, render_top
+from metis_shm.cli import main
+from metis_shm.cli.inspect import render_top
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

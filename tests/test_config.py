@@ -1,4 +1,4 @@
-"""The daemon's configuration (metis_shm.config) and ``metis config``:
+"""The daemon's configuration (metis_shm.daemon.config) and ``metis config``:
 precedence and sources, TOML and JSON, every kind of error with its field,
 value and origin, SIGHUP diffs, the CLI, and the templates in daemon/."""
 
@@ -16,16 +16,11 @@ import msgspec
 import pytest
 
 from metis_shm import Cache, InvalidConfig
-from metis_shm.cli_config import register
-from metis_shm.config import (
-    CACHE_RULES,
+from metis_shm.cli.config import register
+from metis_shm.daemon.config import (
     CONFIG_ENV,
     ENV_VARS,
-    HEALTH_RULES,
     LIVE_FIELDS,
-    SNAPSHOT_RULES,
-    SWEEP_RULES,
-    TOP_RULES,
     CacheConfig,
     DaemonConfig,
     HealthConfig,
@@ -34,6 +29,13 @@ from metis_shm.config import (
     diff_config,
     flatten_config,
     load_config,
+)
+from metis_shm.daemon.config.rules import (
+    CACHE_RULES,
+    HEALTH_RULES,
+    SNAPSHOT_RULES,
+    SWEEP_RULES,
+    TOP_RULES,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""metis_shm.memoize: stable keys, TTL, None results, exceptions, and
+"""metis_shm.contrib.memoize: stable keys, TTL, None results, exceptions, and
 cross-process single-flight with real processes (fork), including an owner
 SIGKILLed in the middle of computing."""
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from metis_shm import Cache
-from metis_shm.memoize import lease_key_for, make_key, memoize
+from metis_shm.contrib.memoize import lease_key_for, make_key, memoize
 
 ROOT = Path(__file__).resolve().parent.parent
 CTX = multiprocessing.get_context("fork")
@@ -400,7 +400,7 @@ KEY_SCRIPT = textwrap.dedent(
     """
     import datetime, decimal, sys
     from metis_shm import Cache
-    from metis_shm.memoize import memoize
+    from metis_shm.contrib.memoize import memoize
 
     cache = Cache(sys.argv[1], capacity="8MiB")
 

@@ -1,4 +1,4 @@
-"""The trace simulator (metis_shm.simulate) and the ``metis simulate`` CLI.
+"""The trace simulator (metis_shm.sim.simulator) and the ``metis simulate`` CLI.
 
 * With one shard the engine's LRU reproduces every LRU figure of
   ../shared/traces/README.md to 0.01 pp (issue 3's acceptance).
@@ -21,7 +21,7 @@ import pytest
 
 from metis_shm import Cache, InvalidConfig, _engine
 from metis_shm.cli import main
-from metis_shm.simulate import SimulationResult, available_policies, simulate
+from metis_shm.sim.simulator import SimulationResult, available_policies, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT.parent / "shared" / "traces"

@@ -19,21 +19,19 @@ import msgspec
 import pytest
 
 from metis_shm import Cache, SnapshotCorrupt, SnapshotNotFound
-from metis_shm.cli_snapshot import register
-from metis_shm.errors import InvalidConfig
-from metis_shm.snapshot import (
+from metis_shm.cli.snapshot import register
+from metis_shm.daemon.snapshots.format import (
     FORMAT_VERSION,
     MAGIC,
-    RestoreReport,
     SnapshotInfo,
     list_snapshots,
     read_snapshot_info,
-    restore,
-    restore_latest,
     snapshot_name,
     verify_snapshot,
     write_snapshot,
 )
+from metis_shm.daemon.snapshots.restore import RestoreReport, restore, restore_latest
+from metis_shm.errors import InvalidConfig
 
 
 class Point(msgspec.Struct):

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from metis_shm import Cache
-from metis_shm.telemetry import (
+from metis_shm.contrib.opentelemetry import (
     METRICS,
     TracedCache,
     daemon_span,
@@ -309,9 +309,9 @@ def test_daemon_spans_from_the_supervisor(
     tmp_path: Any, cache_name: str, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
     """The real Daemon's sweep, snapshot, restore and reload each make a span."""
-    from metis_shm.config import load_config
-    from metis_shm.supervisor import Daemon
-    from metis_shm.systemd import Notifier
+    from metis_shm.daemon.config import load_config
+    from metis_shm.daemon.lifecycle import Daemon
+    from metis_shm.daemon.systemd import Notifier
 
     tracer_provider, exporter = spans
     overrides = {
@@ -356,7 +356,7 @@ def test_metric_table_matches_the_docs() -> None:
 def test_clear_error_without_opentelemetry(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    import metis_shm.telemetry as telemetry
+    import metis_shm.contrib.opentelemetry as telemetry
 
     monkeypatch.setitem(sys.modules, "opentelemetry.metrics", None)
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)

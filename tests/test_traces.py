@@ -1,4 +1,4 @@
-"""Trace readers (metis_shm.traces): every format on tiny hand-made files,
+"""Trace readers (metis_shm.sim.traces): every format on tiny hand-made files,
 the real traces of ../shared/traces against their README's counts, and the
 errors bad input gets."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metis_shm.errors import MetisError
-from metis_shm.traces import (
+from metis_shm.sim.traces import (
     TraceFormatError,
     TraceNotFound,
     detect_format,

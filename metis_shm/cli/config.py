@@ -9,7 +9,7 @@
   Without ``--config``, the file named by ``$METIS_CONFIG`` if set.
 
 ``register(subparsers)`` adds the ``config`` command to the ``metis`` parser
-(metis_shm/cli.py); each handler returns the exit code.
+(``metis_shm.cli``); each handler returns the exit code.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 import msgspec
 
-from metis_shm.config import (
+from metis_shm.cli.common import EXIT_OK, EXIT_USAGE, Subparsers
+from metis_shm.daemon.config import (
     CONFIG_ENV,
     LIVE_FIELDS,
     LoadedConfig,
@@ -32,9 +33,6 @@ from metis_shm.config import (
     load_config,
 )
 from metis_shm.errors import InvalidConfig
-
-EXIT_OK = 0
-EXIT_USAGE = 2
 
 _EXAMPLES = """\
 examples:
@@ -48,7 +46,7 @@ Fields, defaults and METIS_* variables: docs/configuration.md.
 """
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``config`` (with ``check`` and ``show``) to the ``metis`` command."""
     parser = subparsers.add_parser(
         "config",

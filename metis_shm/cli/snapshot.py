@@ -9,7 +9,7 @@
 Encryption: ``--key-file F`` (or ``$METIS_SNAPSHOT_KEY``) encrypts a new
 snapshot with that key; for ``restore`` every ``--key-file`` (repeatable)
 is a key that may read. ``metis snapshot`` (on demand) and ``metis restore``
-are recorded in the audit log (``metis_shm.audit``, ``$METIS_AUDIT_FILE``).
+are recorded in the audit log (``metis_shm.daemon.audit``, ``$METIS_AUDIT_FILE``).
 
 Progress goes to stderr, the summary to stdout. Exit codes: 0 success, 1 the
 snapshot could not be written or no usable snapshot was found (corrupt,
@@ -26,24 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metis_shm import audit
 from metis_shm.cache import Cache, attach_existing
-from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
-from metis_shm.progress import ProgressLine
-from metis_shm.snapshot import (
+from metis_shm.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers
+from metis_shm.cli.progress import ProgressLine
+from metis_shm.daemon import audit
+from metis_shm.daemon.snapshots.crypto import KEY_ENV, SnapshotKeys, parse_key, read_key_file
+from metis_shm.daemon.snapshots.format import (
     SnapshotInfo,
     list_snapshots,
     read_snapshot_info,
-    restore,
-    restore_latest,
     write_snapshot,
 )
-from metis_shm.snapshot_crypto import KEY_ENV, SnapshotKeys, parse_key, read_key_file
+from metis_shm.daemon.snapshots.restore import restore, restore_latest
+from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
 from metis_shm.units import format_size, parse_size
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 _SNAPSHOT_EXAMPLES = """\
 examples:
@@ -68,7 +64,7 @@ the whole file has been checked. Items that have expired are not restored.
 """
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``snapshot`` and ``restore`` to the ``metis`` command's subparsers."""
     snap = subparsers.add_parser(
         "snapshot",

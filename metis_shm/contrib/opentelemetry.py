@@ -1,7 +1,7 @@
 """OpenTelemetry metrics and spans for Metis caches (optional: ``pip install metis-shm[otel]``).
 
     from metis_shm import Cache
-    from metis_shm.telemetry import instrument
+    from metis_shm.contrib.opentelemetry import instrument
 
     cache = Cache("app")
     inst = instrument(cache)                 # metrics on the global MeterProvider
@@ -52,7 +52,7 @@ ATTR_OPERATION = "metis.cache.operation"
 ATTR_HIT = "metis.cache.hit"
 
 _INSTALL_HINT = (
-    "metis_shm.telemetry needs OpenTelemetry, which is not installed: "
+    "metis_shm.contrib.opentelemetry needs OpenTelemetry, which is not installed: "
     "pip install 'metis-shm[otel]' (or opentelemetry-api and opentelemetry-sdk)"
 )
 

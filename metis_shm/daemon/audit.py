@@ -2,7 +2,7 @@
 
 Operations recorded: ``clear`` and ``destroy`` (``Cache.clear``,
 ``Cache.destroy``, ``metisd --destroy``, a segment metisd replaces),
-``restore`` (``metis_shm.snapshot.restore``/``restore_latest``: ``metis
+``restore`` (``metis_shm.daemon.snapshots.restore``: ``metis
 restore`` and metisd's warm-up), ``snapshot`` on demand (``metis snapshot``,
 metisd's ``SIGUSR1``), ``reload`` (metisd's ``SIGHUP``) and
 ``config_change`` (the settings a reload changed).

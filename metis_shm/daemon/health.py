@@ -12,7 +12,7 @@
 Served by the standard library's ``ThreadingHTTPServer`` on a TCP address
 (keep it on loopback) and optionally on a unix socket, each in a daemon
 thread. The server knows nothing of caches: it asks an ``Endpoints`` object
-for each answer.
+for each answer (the daemon's: status.py).
 
 Metric names follow Prometheus conventions: a ``metis_`` namespace, base
 units in the name (``_bytes``, ``_seconds``), ``_total`` on counters, the

@@ -1,4 +1,4 @@
-"""A few processes sharing one Metis cache: ``python -m metis_shm.demo``.
+"""A few processes sharing one Metis cache: ``python -m metis_shm.demo.embedded``.
 
 The demo creates a cache with a unique name, forks worker processes
 (``--workers``, default 4) that for ``--seconds`` (default 2) each
@@ -213,8 +213,9 @@ def run(n_workers: int, seconds: float, capacity: str = "16MiB") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo's command line (``--workers``, ``--seconds``); returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m metis_shm.demo",
+        prog="python -m metis_shm.demo.embedded",
         description="Worker processes sharing one Metis cache in shared memory.",
     )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")

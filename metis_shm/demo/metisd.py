@@ -1,4 +1,4 @@
-"""metisd and worker processes sharing its cache: ``python -m metis_shm.demo_daemon``.
+"""metisd and worker processes sharing its cache: ``python -m metis_shm.demo``.
 
 The demo
 
@@ -71,7 +71,7 @@ def worker(index: int, name: str, seconds: float, go: Any, done: Any) -> None:
 
 
 def _config(name: str, directory: str) -> str:
-    return f"""# written by metis_shm.demo_daemon
+    return f"""# written by metis_shm.demo
 log_level = "INFO"
 heartbeat_interval = "500ms"
 
@@ -105,7 +105,7 @@ class _Daemon:
         for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(var, None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metis_shm.supervisor", "--config", config],
+            [sys.executable, "-m", "metis_shm.daemon", "--config", config],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -231,8 +231,9 @@ def run(n_workers: int, seconds: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo's command line (``--workers``, ``--seconds``); returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m metis_shm.demo_daemon",
+        prog="python -m metis_shm.demo",
         description="metisd and worker processes sharing its cache, with live stats.",
     )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")

@@ -7,7 +7,7 @@ read-through cache does: ``get``, and on a miss ``set``. It counts hits and
 misses itself and checks them against ``cache.stats()``; every segment it
 creates is destroyed before it returns.
 
-    >>> from metis_shm.simulate import simulate
+    >>> from metis_shm.sim.simulator import simulate
     >>> result = simulate("../shared/traces/lirs-cs.trace.gz", [563], ["lru"])  # doctest: +SKIP
     >>> print(result.table())                                               # doctest: +SKIP
 
@@ -27,7 +27,7 @@ import msgspec
 from metis_shm import _engine
 from metis_shm.cache import Cache
 from metis_shm.errors import InvalidConfig
-from metis_shm.traces import StrPath, load_trace, trace_name
+from metis_shm.sim.traces import StrPath, load_trace, trace_name
 
 __all__ = [
     "Progress",
@@ -154,7 +154,7 @@ def simulate(
 ) -> SimulationResult:
     """Hit ratios of the engine's ``policies`` on ``trace`` at each of ``sizes``.
 
-    ``trace``: a trace file (read with ``metis_shm.traces.load_trace``, with
+    ``trace``: a trace file (read with ``metis_shm.sim.traces.load_trace``, with
     ``format`` and ``csv_column``) or a sequence of keys. ``sizes``: cache
     sizes in entries. ``policies``: engine policy names, ``None`` for all of
     them. ``shards``: shards per cache, 1 for exact comparisons, ``None`` for

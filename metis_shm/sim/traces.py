@@ -19,7 +19,7 @@ The format is guessed from the file name (``detect_format``) unless given:
 ``lirs-*`` -> lirs, ``*.trace.xz`` (cache2k) -> int32, ``corda-*`` -> int64,
 ``*.csv[.gz|.xz|.bz2]`` -> csv, anything else -> text.
 
-    >>> from metis_shm.traces import read_trace
+    >>> from metis_shm.sim.traces import read_trace
     >>> for key in read_trace("../shared/traces/lirs-cs.trace.gz"):  # doctest: +SKIP
     ...     ...
 """

@@ -9,7 +9,7 @@ are left out: ``METIS_*`` (metisd reads them as settings) and systemd's
 run's own directory, never in the repository, so ``python -m`` cannot pick up
 a ``metis_shm`` from the working directory instead of the one on the path.
 
-* ``DaemonProcess``: one ``python -m metis_shm.supervisor --config FILE``,
+* ``DaemonProcess``: one ``python -m metis_shm.daemon --config FILE``,
   its log in a file, read incrementally.
 * ``WorkerProcess``: one ``python chaos_worker.py ...``, its JSON report
   lines read by a thread; the last counts survive a SIGKILL.
@@ -119,7 +119,7 @@ class DaemonProcess:
         self.stopped_until: float | None = None  # SIGSTOPped: when to SIGCONT
         with open(self.log.path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "metis_shm.supervisor", "--config", str(config)],
+                [sys.executable, "-m", "metis_shm.daemon", "--config", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

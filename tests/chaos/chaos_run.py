@@ -70,7 +70,8 @@ from chaos_procs import (
 from chaos_worker import counter_keys, key_space
 
 from metis_shm import Cache
-from metis_shm.snapshot import list_snapshots, restore, verify_snapshot
+from metis_shm.daemon.snapshots.format import list_snapshots, verify_snapshot
+from metis_shm.daemon.snapshots.restore import restore
 
 START_TIMEOUT = 60.0  # a metisd must log "ready" within this
 CLI_TIMEOUT = 120.0  # a `metis check` / `metis snapshot` must finish within this

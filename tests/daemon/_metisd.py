@@ -1,7 +1,7 @@
 """Helpers for the tests that start a real ``metisd`` process.
 
 * ``write_config(path, ...)``: a TOML config file.
-* ``Metisd``: one ``sys.executable -m metis_shm.supervisor --config FILE``
+* ``Metisd``: one ``sys.executable -m metis_shm.daemon --config FILE``
   process: its log (stderr) collected by a thread, ``wait_for(regex)``,
   ``wait_ready()``, HTTP ``get(path)`` on the health address it logged (the
   tests ask for port 0, so no port is ever raced for), ``stop()`` (SIGTERM),
@@ -103,7 +103,7 @@ class Metisd:
     # ---- process ---------------------------------------------------------------
 
     def start(self) -> Metisd:
-        cmd = [sys.executable, "-m", "metis_shm.supervisor", "--config", str(self.config)]
+        cmd = [sys.executable, "-m", "metis_shm.daemon", "--config", str(self.config)]
         self.proc = subprocess.Popen(
             cmd + self.args,
             stdin=subprocess.DEVNULL,

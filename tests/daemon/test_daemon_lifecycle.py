@@ -189,7 +189,7 @@ def test_destroy(tmp_path: Path, daemons: Any, names: Any) -> None:
 
     def destroy(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "metis_shm.supervisor", "--destroy", name, *extra],
+            [sys.executable, "-m", "metis_shm.daemon", "--destroy", name, *extra],
             env=python_env(),
             cwd=ROOT,
             capture_output=True,

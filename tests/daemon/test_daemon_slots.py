@@ -8,7 +8,7 @@ import os
 import signal
 
 from metis_shm import Cache
-from metis_shm.supervisor import _process_gone
+from metis_shm.daemon.maintenance import _process_gone
 
 
 def test_dead_owner_slot_is_reclaimed_and_counts_kept(cache: Cache) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from _metisd import write_config
 
 from metis_shm import Cache
-from metis_shm.snapshot import list_snapshots
+from metis_shm.daemon.snapshots.format import list_snapshots
 
 LIVE = {f"live:{i}": {"n": i, "tag": "x" * (i % 17)} for i in range(2000)}
 SHORT_TTL = 1.5

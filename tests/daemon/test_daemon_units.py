@@ -15,10 +15,11 @@ import pytest
 from _metisd import NotifyListener
 
 from metis_shm import Cache
-from metis_shm.config import DaemonConfig, diff_config, load_config
-from metis_shm.health import Family, HealthServer, format_families, render_metrics
-from metis_shm.supervisor import apply_live, settings_mismatch
-from metis_shm.systemd import Notifier
+from metis_shm.daemon.config import DaemonConfig, diff_config, load_config
+from metis_shm.daemon.health import Family, HealthServer, format_families, render_metrics
+from metis_shm.daemon.lifecycle import settings_mismatch
+from metis_shm.daemon.reload import apply_live
+from metis_shm.daemon.systemd import Notifier
 
 # ---- systemd ---------------------------------------------------------------------
 
@@ -208,7 +209,7 @@ def test_apply_live_takes_only_live_fields(tmp_path: Path) -> None:
 
 
 def test_settings_mismatch(cache: Cache) -> None:
-    from metis_shm.config import CacheConfig
+    from metis_shm.daemon.config import CacheConfig
 
     same = CacheConfig(name=cache.name, capacity="8MiB")
     assert settings_mismatch(cache, same) == {}
@@ -226,7 +227,7 @@ def test_every_metric_is_documented(cache: Cache) -> None:
     from _metisd import ROOT
     from prometheus_client.parser import text_string_to_metric_families
 
-    from metis_shm.supervisor import CacheCounters
+    from metis_shm.daemon.state import CacheCounters
 
     daemon = {
         "version": "1",
@@ -251,8 +252,8 @@ def test_every_metric_is_documented(cache: Cache) -> None:
 
 
 def test_stop_during_warm_up(tmp_path: Path, cache_name: str, caplog: Any) -> None:
-    from metis_shm.snapshot import list_snapshots, write_snapshot
-    from metis_shm.supervisor import Daemon
+    from metis_shm.daemon.lifecycle import Daemon
+    from metis_shm.daemon.snapshots.format import list_snapshots, write_snapshot
 
     with Cache(cache_name, capacity="8MiB") as cache:
         cache.set_many({f"k{i}": i for i in range(1000)})
@@ -280,7 +281,7 @@ def test_stop_during_warm_up(tmp_path: Path, cache_name: str, caplog: Any) -> No
 def test_journal_log_lines_carry_priorities() -> None:
     import logging
 
-    from metis_shm.supervisor import _JournalFormatter
+    from metis_shm.daemon.logs import _JournalFormatter
 
     fmt = _JournalFormatter("%(name)s: %(message)s")
     record = logging.LogRecord("metis_shm.daemon", logging.WARNING, __file__, 1, "a\nb", (), None)

@@ -1,4 +1,4 @@
-"""README command 1: ``python -m metis_shm.demo_daemon`` runs metisd and
+"""README command 1: ``python -m metis_shm.demo`` runs metisd and
 workers sharing its cache, prints live stats, and cleans up after itself."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from _metisd import ROOT, python_env
 def test_demo_daemon_runs_and_cleans_up() -> None:
     before = set(glob.glob("/dev/shm/metis.demo-daemon-*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "metis_shm.demo_daemon", "--workers", "4", "--seconds", "1"],
+        [sys.executable, "-m", "metis_shm.demo", "--workers", "4", "--seconds", "1"],
         env=python_env(),
         cwd=ROOT,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Fuzz target: the metisd config loader (``metis_shm.config.load_config``):
+"""Fuzz target: the metisd config loader (``metis_shm.daemon.config.load_config``):
 a TOML or JSON file and ``METIS_*`` environment variables.
 
 Input: one control byte, then ``FILE [\\0 ENVIRONMENT]``.
@@ -29,7 +29,7 @@ from _fuzz_support import (
 )
 
 with instrumenting_metis(__name__):
-    from metis_shm import config
+    from metis_shm.daemon import config
     from metis_shm.errors import InvalidConfig
 
 JSON_FILE, NO_FILE = 1, 2

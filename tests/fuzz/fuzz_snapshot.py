@@ -1,4 +1,4 @@
-"""Fuzz target: the snapshot loader (``metis_shm.snapshot.restore``).
+"""Fuzz target: the snapshot loader (``metis_shm.daemon.snapshots.restore.restore``).
 
 Input: one control byte, then the bytes of a snapshot file.
 
@@ -38,9 +38,10 @@ from _fuzz_support import (
 )
 
 with instrumenting_metis(__name__):
-    from metis_shm import Cache, snapshot
+    from metis_shm import Cache
+    from metis_shm.daemon.snapshots.crypto import SnapshotKeys
+    from metis_shm.daemon.snapshots.restore import restore
     from metis_shm.errors import MetisError, SnapshotCorrupt, SnapshotKeyError, SnapshotNotFound
-    from metis_shm.snapshot_crypto import SnapshotKeys
 
 DIGEST_SIZE = 32
 LOADER_ERRORS = (SnapshotCorrupt, SnapshotNotFound, SnapshotKeyError)
@@ -85,9 +86,7 @@ def TestOneInput(data: bytes) -> None:
     cache = state.cache
     cache.clear()
     try:
-        snapshot.restore(
-            cache, state.path, progress=_progress if data[0] & 2 else None, keys=state.keys
-        )
+        restore(cache, state.path, progress=_progress if data[0] & 2 else None, keys=state.keys)
     except LOADER_ERRORS:
         return
     problems = cache.check()

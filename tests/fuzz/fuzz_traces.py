@@ -1,4 +1,4 @@
-"""Fuzz target: the trace readers (``metis_shm.traces.read_trace``), every
+"""Fuzz target: the trace readers (``metis_shm.sim.traces.read_trace``), every
 format, plain or compressed (gzip, xz/lzma, bzip2: recognised from the
 file's first bytes).
 
@@ -29,8 +29,8 @@ from _fuzz_support import (
 )
 
 with instrumenting_metis(__name__):
-    from metis_shm import traces
     from metis_shm.errors import TraceFormatError
+    from metis_shm.sim import traces
 
 MAX_KEYS = 1 << 20  # a small compressed file may expand a lot: stop reading here
 

@@ -27,8 +27,11 @@ from _fuzz_support import CORPUS_DIR, FUZZ_DIR, segment_name, unlink_segment
 from fuzz_segment import MODE_FIELDS, MODE_RAW, MODE_RAW_AFTER_MAGIC, MODE_TRUNCATE
 from fuzz_snapshot import CACHE_OPTIONS, DIGEST_SIZE, FUZZ_KEY
 
-from metis_shm import Cache, config, segment, snapshot
-from metis_shm.snapshot_crypto import SnapshotKeys
+from metis_shm import Cache, segment
+from metis_shm.daemon.config import ENV_VARS
+from metis_shm.daemon.config.rules import CACHE_RULES, TOP_RULES
+from metis_shm.daemon.snapshots.crypto import SnapshotKeys
+from metis_shm.daemon.snapshots.format import write_snapshot
 
 REPO = FUZZ_DIR.parent.parent
 
@@ -62,12 +65,12 @@ def snapshot_seeds() -> None:
     try:
         with Cache(name, **{**CACHE_OPTIONS, "compress_threshold": 512}) as cache:
             _fill(cache)
-            plain = Path(snapshot.write_snapshot(cache, directory / "plain").path).read_bytes()
+            plain = Path(write_snapshot(cache, directory / "plain").path).read_bytes()
             keys = SnapshotKeys(FUZZ_KEY)
-            sealed = snapshot.write_snapshot(cache, directory / "enc", keys=keys).path
+            sealed = write_snapshot(cache, directory / "enc", keys=keys).path
             encrypted = Path(sealed).read_bytes()
             cache.clear()
-            empty = Path(snapshot.write_snapshot(cache, directory / "empty").path).read_bytes()
+            empty = Path(write_snapshot(cache, directory / "empty").path).read_bytes()
     finally:
         unlink_segment(name)
         shutil.rmtree(directory)
@@ -114,17 +117,17 @@ def config_seeds() -> None:
             "METIS_SWEEP_INTERVAL": "500ms",
             "METIS_LOG_LEVEL": "info",
         }.items()
-        if var in config.ENV_VARS
+        if var in ENV_VARS
     )
     _write("config", "environment-only", b"\x02\x00" + env.encode())
     toml_and_env = (REPO / "daemon" / "development.toml").read_bytes()
     _write("config", "toml-and-environment", b"\x00" + toml_and_env + b"\0SWEEP_BUDGET=64")
     tokens = {'"caches"', '"name"', '"capacity"', "[[caches]]", "= ", '"64MiB"', '"5m"'}
-    for field in (*config.TOP_RULES, *config.CACHE_RULES):
+    for field in (*TOP_RULES, *CACHE_RULES):
         tokens.add(f'"{field}"')
     for section in ("sweep", "snapshot", "health"):
         tokens.add(f"[{section}]")
-    for var in config.ENV_VARS:
+    for var in ENV_VARS:
         tokens.add(f"{var[len('METIS_') :]}=")
     lines = [f"{json.dumps(token)}" for token in sorted(tokens)]
     (FUZZ_DIR / "config.dict").write_text(

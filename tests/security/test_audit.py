@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 from _metisd import ROOT, python_env, write_config
 
-from metis_shm import Cache, audit
+from metis_shm import Cache
+from metis_shm.daemon import audit
 
 TIMEOUT = 60
 
@@ -180,7 +181,7 @@ def test_metisd_reload_snapshot_restore_and_destroy(
     # metisd --destroy.
     before = len(_events(log))
     subprocess.run(
-        [sys.executable, "-m", "metis_shm.supervisor", "--destroy", name],
+        [sys.executable, "-m", "metis_shm.daemon", "--destroy", name],
         capture_output=True, timeout=TIMEOUT, env=python_env({"METIS_AUDIT_FILE": str(log)}),
         cwd=ROOT, check=True,
     )  # fmt: skip

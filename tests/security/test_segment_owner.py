@@ -200,7 +200,7 @@ def _read(path: str) -> str:
 
 
 def test_snapshot_files_default_0600_and_group_mode(names: Any) -> None:
-    from metis_shm.snapshot import write_snapshot
+    from metis_shm.daemon.snapshots.format import write_snapshot
 
     name = names()
     # Not pytest's tmp_path: its parents are 0700, other users could not walk to it.

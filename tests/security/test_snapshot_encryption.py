@@ -27,16 +27,7 @@ import pytest
 from _metisd import ROOT, python_env, write_config
 
 from metis_shm import Cache, SnapshotCorrupt
-from metis_shm.errors import SnapshotKeyError
-from metis_shm.snapshot import (
-    list_snapshots,
-    read_snapshot_info,
-    restore,
-    restore_latest,
-    verify_snapshot,
-    write_snapshot,
-)
-from metis_shm.snapshot_crypto import (
+from metis_shm.daemon.snapshots.crypto import (
     MAGIC_ENCRYPTED,
     RECORD_BYTES,
     TAG_BYTES,
@@ -45,6 +36,14 @@ from metis_shm.snapshot_crypto import (
     parse_key,
     read_key_file,
 )
+from metis_shm.daemon.snapshots.format import (
+    list_snapshots,
+    read_snapshot_info,
+    verify_snapshot,
+    write_snapshot,
+)
+from metis_shm.daemon.snapshots.restore import restore, restore_latest
+from metis_shm.errors import SnapshotKeyError
 
 MARKER = "plaintext-marker-7f3a"
 TIMEOUT = 60
@@ -250,8 +249,8 @@ def test_without_cryptography_the_error_names_the_extra(tmp_path: Path, names: A
         "import sys, os\n"
         "sys.modules['cryptography'] = None\n"
         "from metis_shm import Cache\n"
-        "from metis_shm.snapshot import write_snapshot\n"
-        "from metis_shm.snapshot_crypto import SnapshotKeys\n"
+        "from metis_shm.daemon.snapshots.format import write_snapshot\n"
+        "from metis_shm.daemon.snapshots.crypto import SnapshotKeys\n"
         "from metis_shm.errors import CryptoUnavailable\n"
         f"c = Cache({name!r}, capacity='1MiB'); c.set('k', 'v')\n"
         "try:\n"

@@ -1,6 +1,6 @@
 """Encrypted snapshots: AES-256-GCM around the plain snapshot format.
 
-An encrypted snapshot is the plain snapshot byte stream (snapshot.py: prelude,
+An encrypted snapshot is the plain snapshot byte stream (format.py: prelude,
 header, chunks, trailer, BLAKE2b checksum) cut into records of
 ``record_bytes`` plaintext bytes, each sealed with AES-256-GCM::
 
