@@ -83,6 +83,7 @@ class Cache(_engine.Engine):
         group: int | str | None = None,
         trusted_owners: Iterable[int | str] = (),
         allow_foreign_owner: bool = False,
+        strict: bool = False,
     ) -> None:
         self.name = segment.validate_name(name)
         owners = segment.OwnerCheck.build(
@@ -122,6 +123,10 @@ class Cache(_engine.Engine):
             self.name, plan, mode, create, gid=owners.group, owners=owners
         )
         try:
+            # Who this mapping is: a later destroy (and re-create) of the
+            # name leaves this process on a segment no one else sees.
+            st = os.fstat(opened.fd)
+            self._segment_id = (st.st_dev, st.st_ino)
             self._map(opened.fd, opened.size)
             if opened.created:
                 self._format(plan, settings)
@@ -134,6 +139,7 @@ class Cache(_engine.Engine):
                     plan,
                     settings,
                     explicit_capacity=capacity != DEFAULT_CAPACITY,
+                    strict=strict,
                 )
         except BaseException:
             self._close_engine()
@@ -157,6 +163,18 @@ class Cache(_engine.Engine):
         """Detach this process; the segment and its data stay for others."""
         _open_caches.discard(self)
         self._close_engine()
+
+    @property
+    def stale(self) -> bool:
+        """True if the segment this process has mapped is no longer the one
+        behind the name: it was destroyed (and perhaps created anew). Such a
+        process keeps working on a copy that no other process sees; close
+        it and open the name again. ``metis ls`` lists such processes."""
+        try:
+            st = os.stat(segment.shm_path(self.name))
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._segment_id
 
     def __enter__(self) -> Cache:
         return self
@@ -341,9 +359,10 @@ def attach_existing(name: str, *, accept_pickle: bool) -> Cache:
 
 def _warn_mismatch(
     name: str, header: dict[str, Any], plan: dict[str, int], settings: dict[str, int],
-    *, explicit_capacity: bool,
+    *, explicit_capacity: bool, strict: bool,
 ) -> None:  # fmt: skip
-    """Attaching keeps the segment's settings; say so when the caller asked otherwise.
+    """Attaching keeps the segment's settings; say so when the caller asked otherwise
+    (a warning, or with ``strict`` an ``InvalidConfig``).
 
     Only settings the caller changed from their defaults count: a worker that
     opens ``Cache("app")`` is not warned about what the daemon chose.
@@ -356,12 +375,17 @@ def _warn_mismatch(
         for k, v in wanted.items()
         if header.get(k) != v
     }
-    if differ:
-        log.warning(
-            "cache %r already exists; keeping its settings, not the ones asked for: %s",
-            name,
-            ", ".join(f"{k}={have} (asked {want})" for k, (have, want) in differ.items()),
+    if not differ:
+        return
+    listed = ", ".join(f"{k}={have} (asked {want})" for k, (have, want) in differ.items())
+    if strict:
+        raise InvalidConfig(
+            f"cache {name!r} already exists with other settings: {listed}; open it without "
+            f"them, or destroy it first (its contents are lost)",
+            context={"name": name, "fields": sorted(differ)},
         )
+    log.warning("cache %r already exists; keeping its settings, not the ones asked for: %s",
+                name, listed)  # fmt: skip
 
 
 _DEFAULT_SETTINGS = _settings(

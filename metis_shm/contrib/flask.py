@@ -22,6 +22,14 @@ Redis and Memcached backends do, so ``cache.cached`` and ``cache.memoize``
 can store any Python object. Only processes of the same user can open the
 segment (mode ``0o600`` by default); do not share it with code you would not
 let unpickle data.
+
+``CACHE_SERIALIZER`` (a ``cachelib.serializers.BaseSerializer``, e.g.
+``JSONSerializer``) is honoured: every value except a 64-bit int goes
+through its ``dumps`` and is stored as the bytes it returns, and is read back
+through its ``loads``; nothing is pickled then. Ints stay Metis counters (as
+cachelib's Redis serializer keeps them plain for ``INCRBY``), so ``inc`` and
+``dec`` stay atomic. A value the serializer cannot encode (``dumps`` returns
+``None``) is not stored: ``set`` removes the old value and returns ``False``.
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ class MetisCache(BaseCache):
         the keys with this prefix.
     :param cache: an already open :class:`metis_shm.Cache` to use instead
         of opening ``name`` (it is not closed by :meth:`close`).
+    :param serializer: a ``cachelib.serializers.BaseSerializer`` (anything with
+        ``dumps`` and ``loads``) for every value but ints, or ``None`` (pickle).
+        Flask-Caching sets it from ``CACHE_SERIALIZER``.
     :param cache_kwargs: passed to :class:`metis_shm.Cache` (``capacity``,
         ``policy``, ...).
     """
@@ -77,6 +88,7 @@ class MetisCache(BaseCache):
         ignore_delete_many_errors: bool = False,
         *,
         cache: Cache | None = None,
+        serializer: Any = None,
         **cache_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -89,6 +101,7 @@ class MetisCache(BaseCache):
                 f"Cache options are {sorted(_CACHE_KWARGS)}"
             )
         self.key_prefix = key_prefix or ""
+        self.serializer = serializer
         self._owns_cache = cache is None
         self.metis: Cache = cache if cache is not None else Cache(name, **cache_kwargs)
 
@@ -109,6 +122,31 @@ class MetisCache(BaseCache):
             kwargs["key_prefix"] = config.get("CACHE_KEY_PREFIX")
         return cls(*args, **kwargs)
 
+    # ---- the serializer (CACHE_SERIALIZER) ---------------------------------------
+
+    @property
+    def serializer(self) -> Any:
+        """The ``CACHE_SERIALIZER`` in use, or ``None`` (values pickled).
+
+        Flask-Caching assigns it after building the backend; a value without
+        ``dumps``/``loads`` is refused here, at the app's init.
+        """
+        return self._serializer
+
+    @serializer.setter
+    def serializer(self, serializer: Any) -> None:
+        if serializer is not None and not (
+            callable(getattr(serializer, "dumps", None))
+            and callable(getattr(serializer, "loads", None))
+        ):
+            raise TypeError(
+                f"MetisCache: CACHE_SERIALIZER / serializer={serializer!r} is not a "
+                "serializer: expected a cachelib.serializers.BaseSerializer (an object "
+                "with dumps() and loads()) or None for pickle (metis_shm.Cache's own "
+                "'serializer' option does not apply: this backend stores bytes)"
+            )
+        self._serializer = serializer
+
     # ---- helpers -------------------------------------------------------------
 
     def _key(self, key: str) -> str:
@@ -126,18 +164,30 @@ class MetisCache(BaseCache):
             return None
         return float(seconds) if seconds > 0 else -1.0
 
-    @staticmethod
-    def _dump(value: Any) -> Any:
+    def _dump(self, value: Any) -> Any:
+        """What to store for ``value``: an int (a counter), bytes or str; ``None``
+        when the serializer could not encode it (then nothing is stored)."""
         if type(value) is int and -(2**63) <= value < 2**63:
             return value
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._serializer is None:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        dumped = self._serializer.dumps(value)
+        if dumped is None or isinstance(dumped, (bytes, str)):
+            return dumped  # None: cachelib serializers log the error and return None
+        if isinstance(dumped, (bytearray, memoryview)):
+            return bytes(dumped)
+        raise TypeError(
+            f"MetisCache: {type(self._serializer).__name__}.dumps() returned "
+            f"{type(dumped).__name__}; expected bytes or str"
+        )
 
-    @staticmethod
-    def _load(stored: Any) -> Any:
+    def _load(self, stored: Any) -> Any:
         if stored is None or isinstance(stored, int):
             return stored
         try:
-            return pickle.loads(stored)
+            if self._serializer is None:
+                return pickle.loads(stored)
+            return self._serializer.loads(stored)
         except Exception:  # not written by this backend: treat as a miss
             return None
 
@@ -150,11 +200,18 @@ class MetisCache(BaseCache):
         return self._key(key) in self.metis
 
     def set(self, key: str, value: Any, timeout: _Timeout = None) -> bool:
-        self.metis.set(self._key(key), self._dump(value), ttl=self._ttl(timeout))
+        stored = self._dump(value)
+        if stored is None:  # the serializer could not encode it: no stale value stays
+            self.metis.delete(self._key(key))
+            return False
+        self.metis.set(self._key(key), stored, ttl=self._ttl(timeout))
         return True
 
     def add(self, key: str, value: Any, timeout: _Timeout = None) -> bool:
-        return bool(self.metis.add(self._key(key), self._dump(value), ttl=self._ttl(timeout)))
+        stored = self._dump(value)
+        if stored is None:
+            return False
+        return bool(self.metis.add(self._key(key), stored, ttl=self._ttl(timeout)))
 
     def delete(self, key: str) -> bool:
         return bool(self.metis.delete(self._key(key)))
@@ -164,11 +221,18 @@ class MetisCache(BaseCache):
         return [self._load(found.get(self._key(k))) for k in keys]
 
     def set_many(self, mapping: dict[str, Any], timeout: _Timeout = None) -> list[Any]:
-        stored: dict[str | bytes, object] = {
-            self._key(k): self._dump(v) for k, v in mapping.items()
-        }
-        self.metis.set_many(stored, ttl=self._ttl(timeout))
-        return list(mapping)
+        stored: dict[str | bytes, object] = {}
+        done = []
+        for k, v in mapping.items():
+            dumped = self._dump(v)
+            if dumped is None:  # not encodable by the serializer: not set
+                self.metis.delete(self._key(k))
+            else:
+                stored[self._key(k)] = dumped
+                done.append(k)
+        if stored:
+            self.metis.set_many(stored, ttl=self._ttl(timeout))
+        return done
 
     def delete_many(self, *keys: str) -> list[Any]:
         deleted = []
