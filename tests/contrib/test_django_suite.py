@@ -281,8 +281,10 @@ def test_django_base_cache_test(name: str, django_suite: dict[str, Any]) -> None
         pytest.fail(f"Django's {name} did not run:\n{django_suite['output']}", pytrace=False)
     outcome, detail = record["outcome"], record["detail"]
     if name in EXCLUDED:
+        # What is checked here is the exclusion itself: Django's suite left
+        # the test out for our backend, as it does for memcached and Redis.
         assert outcome == "skipped", f"{name} is excluded but {outcome}:\n{detail}"
-        pytest.skip(f"{name}: {EXCLUDED[name]}; Django: {detail}")
+        return
     if outcome != "passed":
         pytest.fail(
             f"Django {django_suite['django']}'s BaseCacheTests.{name} {outcome} on "
