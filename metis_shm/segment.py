@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import posix_ipc
+import psutil
 
 from metis_shm import _engine
 from metis_shm.codec import SERIALIZERS
@@ -464,3 +465,90 @@ def _unlink_quietly(name: str) -> bool:
     except posix_ipc.ExistentialError:
         return False
     return True
+
+
+# ---- who has a segment mapped ----------------------------------------------------
+
+_MAPPED = re.compile(
+    rb"^\S+\s+\S+\s+\S+\s+\S+\s+\d+\s+"
+    + re.escape(SHM_DIR.encode())
+    + rb"/metis\.([A-Za-z0-9_.-]{1,64})"
+    rb"( \(deleted\))?$",
+    re.M,
+)
+
+
+@dataclass
+class Attachments:
+    """Which processes map which cache segments, from ``/proc/*/maps``.
+
+    ``live[name]``: processes that map the segment now behind the name;
+    ``stale[name]``: processes that still map a segment of that name that was
+    destroyed (their maps say ``/dev/shm/metis.NAME (deleted)``): they work
+    on a copy that no other process sees (``Cache.stale`` in the process
+    itself). A process can be in both. ``unreadable``: processes whose maps
+    this process may not read (other users', when not root): not counted.
+    """
+
+    live: dict[str, list[int]] = field(default_factory=dict)
+    stale: dict[str, list[int]] = field(default_factory=dict)
+    unreadable: int = 0
+
+
+def scan_attachments(proc: str = "/proc") -> Attachments:
+    """Read every process's ``/proc/PID/maps`` once: who maps which segment."""
+    found = Attachments()
+    marker = f"{SHM_DIR}/metis.".encode()
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "maps"), "rb") as f:
+                text = f.read()
+        except PermissionError:
+            found.unreadable += 1
+            continue
+        except OSError:  # gone meanwhile
+            continue
+        if marker not in text:
+            continue
+        pid = int(entry)
+        for m in _MAPPED.finditer(text):
+            table = found.stale if m.group(2) else found.live
+            pids = table.setdefault(m.group(1).decode(), [])
+            if not pids or pids[-1] != pid:
+                pids.append(pid)
+    for table in (found.live, found.stale):
+        for pids in table.values():
+            pids.sort()
+    return found
+
+
+def attached_processes(name: str, proc: str = "/proc") -> tuple[list[int], list[int]]:
+    """(pids that map cache ``name``'s segment, pids that still map a destroyed
+    segment of that name), each sorted; see ``Attachments``."""
+    validate_name(name)
+    found = scan_attachments(proc)
+    return found.live.get(name, []), found.stale.get(name, [])
+
+
+def process_alive(pid: int, since_ns: int | None = None) -> bool:
+    """Is ``pid`` a running process? With ``since_ns`` (a ``time_ns()``), only
+    if it was already running then: a later process that reuses the pid is not it."""
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's live process
+        return True
+    # create_time has ~10 ms resolution
+    return since_ns is None or started <= since_ns / 1e9 + 1.0

@@ -95,6 +95,9 @@ def build_stats(raw: list[tuple[int, ...]], *, name: str, policy: str, segment_s
     """Stats from the engine's per-shard tuples."""
     shards = [ShardStats(**dict(zip(_RAW_FIELDS, row, strict=True))) for row in raw]
     totals = {f: sum(getattr(s, f) for s in shards) for f in _RAW_FIELDS}
+    # The largest block that one item could use: blocks of different shards
+    # do not add up.
+    totals["largest_free"] = max((s.largest_free for s in shards), default=0)
     # Fragmentation of the whole: free bytes outside each shard's largest block.
     free = totals["free_bytes"]
     frag = 1.0 - sum(s.largest_free for s in shards) / free if free else 0.0

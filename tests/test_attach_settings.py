@@ -18,10 +18,12 @@ def test_other_settings_warn_and_keep_the_segments(
     name = names()
     with Cache(name, capacity="4MiB", policy="lru") as first:
         first.set("k", b"v")
-        with caplog.at_level(logging.WARNING, logger="metis_shm"):
-            with Cache(name, capacity="8MiB", policy="sieve") as second:
-                assert second.stats().policy == "lru"
-                assert second.get("k") == b"v"
+        with (
+            caplog.at_level(logging.WARNING, logger="metis_shm"),
+            Cache(name, capacity="8MiB", policy="sieve") as second,
+        ):
+            assert second.stats().policy == "lru"
+            assert second.get("k") == b"v"
         assert "policy=lru (asked sieve)" in caplog.text
 
 

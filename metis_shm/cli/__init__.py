@@ -1,7 +1,11 @@
 """The ``metis`` command line (``python -m metis_shm``): ``main`` and the parser.
 
-Subcommands:
+Subcommands (and ``metis --version``: the package version and the segment
+layout version this metis_shm reads and writes):
 
+* ``metis ls [--json]``: every cache segment on the machine: capacity, used,
+  creator, daemon, attached processes, and processes left on a destroyed
+  segment of the name (stale).
 * ``metis simulate TRACE... --sizes 100,1000 [--policies lru,sieve]``: replay
   traces through the engine's eviction policies and print their hit ratios
   (see docs/policies.md).
@@ -30,9 +34,10 @@ Exit codes:
   ``snapshot``/``restore`` failed (anything else that went wrong, too);
 * 2: bad usage or bad input, including a missing cache
   (``[SEGMENT_NOT_FOUND]``): the error's code is printed on stderr;
-* 130: interrupted (Ctrl-C) outside ``top``.
+* 130: interrupted (Ctrl-C) outside ``top``; ``top`` ends with 128 + the
+  signal's number on SIGTERM or SIGHUP (the terminal restored first).
 
-The commands live in one module each, by group: ``simulate`` (simulate),
+The commands live in one module each, by group: ``ls``, ``simulate`` (simulate),
 ``inspect`` (stats, check, inspect, top), ``data`` (get, set, delete, keys),
 ``bench``, ``snapshot`` (snapshot, restore) and ``config``; ``common`` holds
 what they share, ``progress`` the progress line of long commands.
@@ -41,10 +46,12 @@ what they share, ``progress`` the progress line of long commands.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from metis_shm.cli import bench, config, data, inspect, simulate, snapshot
+from metis_shm import _engine
+from metis_shm.cli import bench, config, data, inspect, ls, simulate, snapshot
 from metis_shm.cli.common import EXIT_USAGE, UsageError
 from metis_shm.errors import MetisError
 
@@ -55,11 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metis",
         description="Metis: a cache shared by Python processes through POSIX shared memory.",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print the version and the segment layout version, and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (simulate, inspect, data, bench, snapshot, config):
+    for module in (ls, simulate, inspect, data, bench, snapshot, config):
         module.register(sub)
     return parser
+
+
+def version_text() -> str:
+    """What ``metis --version`` prints: the installed package's version (its
+    metadata) and the segment layout version of the engine."""
+    try:
+        version = importlib.metadata.version("metis-shm")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from metis_shm import __version__ as version
+    return f"metis {version} (metis-shm; segment layout version {_engine.LAYOUT})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,4 +107,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version_text"]

@@ -6,7 +6,9 @@
 * ``metis config show [--config FILE] [--json] [--no-env] [--set ...]``: the
   effective configuration, every field with its value and where the value
   came from (``default``, ``file PATH:LINE``, ``env METIS_X``, ``argument``).
-  Without ``--config``, the file named by ``$METIS_CONFIG`` if set.
+  Without ``--config``, the file named by ``$METIS_CONFIG`` if set (metisd
+  looks nowhere else); with no file at all, the defaults (and the ``METIS_*``
+  environment and ``--set``), with ``caches[N]``: each cache field's default.
 
 ``register(subparsers)`` adds the ``config`` command to the ``metis`` parser
 (``metis_shm.cli``); each handler returns the exit code.
@@ -27,6 +29,7 @@ from metis_shm.cli.common import EXIT_OK, EXIT_USAGE, Subparsers
 from metis_shm.daemon.config import (
     CONFIG_ENV,
     LIVE_FIELDS,
+    CacheConfig,
     LoadedConfig,
     describe_value,
     flatten_config,
@@ -107,8 +110,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str | None, args: argparse.Namespace) -> LoadedConfig:
-    overrides: dict[str, Any] = {}
+def _load(
+    path: str | None, args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> LoadedConfig:
+    overrides: dict[str, Any] = dict(extra or {})
     for item in args.set:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
@@ -138,31 +143,100 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_file(args: argparse.Namespace) -> bool:
+    """No config file to read: no --config, and no $METIS_CONFIG (metisd
+    looks nowhere else)."""
+    return args.config is None and (args.no_env or not os.environ.get(CONFIG_ENV, "").strip())
+
+
+_PLACEHOLDER = {"name": "metis-config-show", "capacity": "64MiB"}
+
+
+def _load_defaults(args: argparse.Namespace) -> LoadedConfig:
+    """The configuration without a file and without caches: the defaults, the
+    METIS_* environment (unless --no-env) and --set, through a placeholder
+    cache the caller leaves out (a config needs one)."""
+    return _load(None, args, extra={"caches": [_PLACEHOLDER]})
+
+
+def _cache_rows() -> list[tuple[str, str, str]]:
+    """``caches[N].*`` without a cache: each field's default, or required."""
+    rows = []
+    for f in msgspec.structs.fields(CacheConfig):
+        if f.required:
+            rows.append((f"caches[N].{f.name}", "(required)", "required, no default"))
+        else:
+            default = f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+            rows.append((f"caches[N].{f.name}", describe_value(f.name, default), "default"))
+    return rows
+
+
+def _cache_defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in msgspec.structs.fields(CacheConfig):
+        if not f.required:
+            default = f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+            out[f.name] = msgspec.to_builtins(default)
+    return out
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
+    no_caches = False
     try:
         loaded = _load(args.config, args)
     except InvalidConfig as exc:
-        return _fail(args, exc)
+        # No file and no cache from the environment: show the defaults.
+        if not (_no_file(args) and exc.context.get("field") == "caches"):
+            return _fail(args, exc)
+        try:
+            loaded = _load_defaults(args)
+        except InvalidConfig as again:
+            return _fail(args, again)
+        no_caches = True
+    fields = flatten_config(loaded.config)
+    sources = dict(loaded.sources)
+    if no_caches:
+        fields = {k: v for k, v in fields.items() if not k.startswith("caches[")}
+        sources = {k: v for k, v in sources.items() if not k.startswith("caches[")}
     if args.json:
-        out = {
-            "file": loaded.path,
-            "config": msgspec.to_builtins(loaded.config),
-            "sources": loaded.sources,
-        }
+        config = msgspec.to_builtins(loaded.config)
+        out: dict[str, Any] = {"file": loaded.path, "config": config, "sources": sources}
+        if no_caches:
+            config["caches"] = []
+            out["cache_defaults"] = _cache_defaults()
+            out["cache_required"] = [f.name for f in msgspec.structs.fields(CacheConfig)
+                                     if f.required]  # fmt: skip
+            out["note"] = _NO_CACHE_NOTE.replace("\n", " ")
         print(json.dumps(out, indent=2))
         return EXIT_OK
     rows = [
-        (field, describe_value(field, value), loaded.sources[field], field in LIVE_FIELDS)
-        for field, value in flatten_config(loaded.config).items()
+        (field, describe_value(field, value), sources[field], field in LIVE_FIELDS)
+        for field, value in fields.items()
     ]
+    if no_caches:
+        rows += [(field, shown, source, False) for field, shown, source in _cache_rows()]
     width_field = max(len(r[0]) for r in rows)
     width_value = max(len(r[1]) for r in rows)
-    print(f"# effective configuration; file: {loaded.path or 'none'}")
+    if loaded.path:
+        print(f"# effective configuration; file: {loaded.path}")
+    else:
+        where = "no --config" if args.no_env else f"no --config and ${CONFIG_ENV} unset"
+        env = "" if args.no_env else ", METIS_* environment"
+        print(f"# effective configuration; file: none ({where}): defaults{env}")
     print("# (*) can change with SIGHUP; the other fields need a restart")
+    if no_caches:
+        for line in _NO_CACHE_NOTE.splitlines():
+            print(f"# {line}")
     for field, shown, source, live in rows:
         mark = "*" if live else " "
         print(f"{field:<{width_field}} {mark} {shown:<{width_value}}  {source}")
     return EXIT_OK
+
+
+_NO_CACHE_NOTE = (
+    "no caches: metisd needs at least one cache ([[caches]] with name and capacity, or "
+    "METIS_CACHE_NAME and METIS_CACHE_CAPACITY);\ncaches[N] shows each cache field's default"
+)
 
 
 __all__ = ["register"]

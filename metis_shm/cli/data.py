@@ -2,7 +2,8 @@
 
 * ``metis get NAME KEY [--json]``: print a value (exit 1 if absent); text and
   UTF-8 bytes print as they are, other values as JSON.
-* ``metis set NAME KEY VALUE [--type str|bytes|int|json] [--ttl S]``.
+* ``metis set NAME KEY VALUE [--type str|bytes|int|json] [--ttl S]``: ``S``
+  a positive duration (0 or less is a usage error: nothing is stored).
 * ``metis delete NAME KEY``: exit 1 if it was absent.
 * ``metis keys NAME [--prefix P] [--limit N] [--json]``: list keys.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -22,7 +24,7 @@ from metis_shm.cli.common import (
     jsonable,
     open_existing,
 )
-from metis_shm.errors import KeyNotFound
+from metis_shm.errors import InvalidConfig, KeyNotFound
 from metis_shm.units import parse_duration
 
 _MISSING: Any = object()
@@ -104,6 +106,28 @@ def _cmd_get(args: argparse.Namespace) -> int:
 _VALUE_TYPES = ("str", "bytes", "int", "json")
 
 
+_DURATION_HELP = "a positive duration such as 30, 250ms, 5m or 2h (units: us, ms, s, m, h, d)"
+
+
+def positive_duration(text: str) -> float:
+    """A ``--ttl`` value: seconds above 0 (``argparse`` turns the error into a
+    usage error, exit 2). 0 or less is refused, not stored as "expire now"."""
+    body = text.strip()
+    negative = body.startswith("-")
+    try:
+        seconds = parse_duration(body[1:] if negative else body, "--ttl")
+    except InvalidConfig:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; expected {_DURATION_HELP}"
+        ) from None
+    if negative or seconds <= 0 or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not positive; expected {_DURATION_HELP}; for an item that does "
+            "not expire, leave --ttl out"
+        )
+    return seconds
+
+
 def _register_set(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "set",
@@ -122,7 +146,13 @@ def _register_set(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--type", choices=_VALUE_TYPES, default="str", help="how to store VALUE (default: str)"
     )
-    p.add_argument("--ttl", metavar="S", help="expire after S (30, 250ms, 5m, 2h)")
+    p.add_argument(
+        "--ttl",
+        metavar="S",
+        type=positive_duration,
+        help="expire after S, a positive duration (30, 250ms, 5m, 2h); without it the item "
+        "does not expire (or gets the cache's default TTL)",
+    )
     p.set_defaults(handler=_cmd_set)
 
 
@@ -144,7 +174,7 @@ def _cmd_set(args: argparse.Namespace) -> int:
             raise UsageError(f"--type json: {text!r} is not JSON: {exc}") from exc
     else:
         value = text
-    ttl = None if args.ttl is None else parse_duration(args.ttl, "--ttl")
+    ttl: float | None = args.ttl  # checked by positive_duration: above 0
     with open_existing(args.name) as cache:
         cache.set(key, value, ttl=ttl)
     expiry = "" if ttl is None else f", expires in {ttl:g} s"

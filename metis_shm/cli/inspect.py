@@ -1,23 +1,32 @@
 """``metis stats``, ``metis check``, ``metis inspect`` and ``metis top``: looking at a cache.
 
-* ``metis stats NAME [--json]``: a cache's counters, totals and per shard.
+* ``metis stats NAME [--json]``: a cache's counters: the totals (free bytes
+  and the largest free block of any shard included), then a table per shard.
 * ``metis check NAME [--json]``: the full consistency check of a segment
   (exit 1 if it has problems).
 * ``metis inspect NAME [--json]``: header fields, layout, per-shard memory
   (items, bytes, free, largest free block, fragmentation), policy state.
 * ``metis top NAME [--interval S] [--once]``: a live view (ops/s, hit ratio,
-  memory by shard, items, evictions); q or Ctrl-C quits.
+  memory by shard, items, evictions); q or Ctrl-C quits. On a terminal it
+  uses the alternate screen, restored however it ends (SIGTERM and SIGHUP
+  too: exit 128 + the signal); into a pipe or a file it prints plain frames,
+  one per refresh; ``--once`` prints one plain frame.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
 import shutil
+import signal
 import sys
+import termios
+import threading
 import time
+import tty
 from typing import Any, TextIO
 
 from metis_shm.cache import Cache, _setting_name
@@ -64,18 +73,51 @@ def register(subparsers: Subparsers) -> None:
     _register_top(subparsers)
 
 
+def stats_dict(stats: Stats) -> dict[str, Any]:
+    """What ``metis stats --json`` prints: ``Stats.to_dict()`` (whose totals'
+    ``largest_free`` is the largest block of any shard, not their sum)."""
+    return stats.to_dict()
+
+
+# The per-shard table of `metis stats`: (heading, width, value of a row).
+_SHARD_COLUMNS: tuple[tuple[str, int, Any], ...] = (
+    ("items", 9, lambda s: f"{s.items:,}"),
+    ("used", 10, lambda s: format_size(s.bytes_used)),
+    ("free", 10, lambda s: format_size(s.free_bytes)),
+    ("largest free", 12, lambda s: format_size(s.largest_free)),
+    ("hits", 11, lambda s: f"{s.hits:,}"),
+    ("misses", 10, lambda s: f"{s.misses:,}"),
+    ("hit%", 6, lambda s: f"{s.hit_ratio:.1%}" if s.hits + s.misses else "-"),
+    ("sets", 10, lambda s: f"{s.sets:,}"),
+    ("deletes", 8, lambda s: f"{s.deletes:,}"),
+    ("evictions", 9, lambda s: f"{s.evictions:,}"),
+    ("expired", 8, lambda s: f"{s.expirations:,}"),
+)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     with open_existing(args.name) as cache:
         stats = cache.stats()
     if args.json:
-        print(json.dumps(stats.to_dict(), indent=2))
+        print(json.dumps(stats_dict(stats), indent=2))
         return EXIT_OK
     print(
         f"cache {stats.name!r}: policy {stats.policy}, {stats.n_shards} shards, "
         f"segment {stats.segment_size:,} bytes"
     )
-    for field, shown in stats.summary_rows():
+    rows = stats.summary_rows()
+    at = next((i + 1 for i, (field, _) in enumerate(rows) if field == "capacity"), len(rows))
+    rows[at:at] = [
+        ("free_bytes", f"{stats.free_bytes:,}"),
+        ("largest_free", f"{stats.largest_free:,}"),
+    ]
+    for field, shown in rows:
         print(f"  {field:>16}  {shown}")
+    print()
+    print("  " + f"{'shard':>5}" + "".join(f" {h:>{w}}" for h, w, _ in _SHARD_COLUMNS))
+    for label, shard in [*enumerate(stats.shards), ("all", stats)]:
+        cells = "".join(f" {cell(shard):>{w}}" for _, w, cell in _SHARD_COLUMNS)
+        print(f"  {label:>5}{cells}")
     return EXIT_OK
 
 
@@ -121,7 +163,7 @@ def inspect_cache(cache: Cache) -> dict[str, Any]:
             "bytes_used": stats.bytes_used,
             "capacity": stats.capacity,
             "free_bytes": stats.free_bytes,
-            "largest_free": stats.largest_free,
+            "largest_free": stats.largest_free,  # of any shard (not their sum)
             "fragmentation": stats.fragmentation,
         },
         "shards": shards,
@@ -219,6 +261,7 @@ def _fmt_state(value: Any) -> str:
 # ---- top -----------------------------------------------------------------------------
 
 
+QUIT_HINT = "q or Ctrl-C quits"
 _CLEAR = "\x1b[H\x1b[2J"
 _ALT_ON, _ALT_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
 
@@ -249,9 +292,17 @@ def _bar(fraction: float, width: int) -> str:
 
 
 def render_top(
-    now: Stats, before: Stats | None, seconds: float, *, width: int = 80, daemon: bool = False
+    now: Stats,
+    before: Stats | None,
+    seconds: float,
+    *,
+    width: int = 80,
+    daemon: bool = False,
+    quit_hint: bool = True,
 ) -> str:
-    """One frame of `metis top`: rates are the change from ``before`` over ``seconds``."""
+    """One frame of `metis top`: rates are the change from ``before`` over
+    ``seconds``; ``quit_hint``: end with the line saying how to quit (the live
+    view on a terminal only)."""
 
     def rate(field: str) -> float:
         if before is None or seconds <= 0:
@@ -289,8 +340,9 @@ def render_top(
             f"{format_size(s.free_bytes):>10} {s.evictions:>8,}  {_bar(share, bar_width)} "
             f"{share:>4.0%}"
         )
-    lines.append("")
-    lines.append("q or Ctrl-C quits")
+    if quit_hint:
+        lines.append("")
+        lines.append(QUIT_HINT)
     return "\n".join(line[:width] for line in lines)
 
 
@@ -303,24 +355,82 @@ def _cmd_top(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
             width = shutil.get_terminal_size((100, 24)).columns
             print(render_top(cache.stats(), before, args.interval, width=width,
-                             daemon=cache.daemon_alive))  # fmt: skip
+                             daemon=cache.daemon_alive, quit_hint=False))  # fmt: skip
             return EXIT_OK
+        if not sys.stdout.isatty():
+            return _plain_loop(cache, args.interval)
         return _top_loop(cache, args.interval)
 
 
+def _plain_loop(cache: Cache, interval: float) -> int:
+    """``metis top`` into a pipe or a file: a plain frame per refresh (no
+    escape codes, no screen control), a blank line between frames."""
+    before: Stats | None = None
+    t_before = time.monotonic()
+    first = True
+    try:
+        while True:
+            now = cache.stats()
+            t_now = time.monotonic()
+            width = shutil.get_terminal_size((100, 24)).columns
+            frame = render_top(now, before, t_now - t_before, width=width,
+                               daemon=cache.daemon_alive, quit_hint=False)  # fmt: skip
+            sys.stdout.write(("" if first else "\n") + frame + "\n")
+            sys.stdout.flush()
+            first = False
+            before, t_before = now, t_now
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `metis top app | head`: the reader is done
+        # Python would flush stdout again at exit and complain: point it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP came while ``metis top`` had the terminal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignal:
+    """The handler of SIGTERM and SIGHUP while ``metis top`` has the terminal:
+    the first one ends the loop (``_Stopped``); once ``restoring`` is set,
+    others wait for the terminal to be restored (they are ignored)."""
+
+    def __init__(self) -> None:
+        self.restoring = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.restoring:
+            self.restoring = True
+            raise _Stopped(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _top_loop(cache: Cache, interval: float) -> int:
+    """The live view on a terminal: alternate screen, cursor hidden, keys
+    unbuffered; all restored however it ends (q, Ctrl-C, SIGTERM, SIGHUP, an
+    error). A signal ends it with 128 + the signal's number."""
     out = sys.stdout
     stdin = sys.stdin
     tty_in = stdin.isatty()
     saved: Any = None
-    if tty_in:
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(stdin.fileno())
-        tty.setcbreak(stdin.fileno())
-    out.write(_ALT_ON)
+    handlers: dict[signal.Signals, Any] = {}
+    on_signal = _StopOnSignal()
     try:
+        if threading.current_thread() is threading.main_thread():
+            for signum in _STOP_SIGNALS:
+                handlers[signum] = signal.signal(signum, on_signal)
+        if tty_in:
+            saved = termios.tcgetattr(stdin.fileno())
+            tty.setcbreak(stdin.fileno())
+        out.write(_ALT_ON)
         before: Stats | None = None
         t_before = time.monotonic()
         while True:
@@ -328,7 +438,7 @@ def _top_loop(cache: Cache, interval: float) -> int:
             t_now = time.monotonic()
             width = shutil.get_terminal_size((100, 24)).columns
             frame = render_top(now, before, t_now - t_before, width=width,
-                               daemon=cache.daemon_alive)  # fmt: skip
+                               daemon=cache.daemon_alive, quit_hint=tty_in)  # fmt: skip
             out.write(_CLEAR + frame.replace("\n", "\r\n" if tty_in else "\n") + "\n")
             out.flush()
             before, t_before = now, t_now
@@ -336,12 +446,23 @@ def _top_loop(cache: Cache, interval: float) -> int:
                 return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
+    except _Stopped as stopped:
+        return 128 + stopped.signum
     finally:
+        on_signal.restoring = True  # a signal now must not cut the restoring short
+        _restore_terminal(out, stdin, saved)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def _restore_terminal(out: TextIO, stdin: TextIO, saved: Any) -> None:
+    """Leave the alternate screen, show the cursor, give the keys back as they
+    were; quietly, as the terminal may be gone (SIGHUP)."""
+    with contextlib.suppress(OSError, ValueError):
         out.write(_ALT_OFF)
         out.flush()
-        if saved is not None:
-            import termios
-
+    if saved is not None:
+        with contextlib.suppress(OSError, termios.error, ValueError):
             termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, saved)
 
 
@@ -360,4 +481,4 @@ def _wait_for_quit(stdin: TextIO | None, interval: float) -> bool:
     return False
 
 
-__all__ = ["inspect_cache", "register", "render_top"]
+__all__ = ["inspect_cache", "register", "render_top", "stats_dict"]

@@ -38,7 +38,14 @@ from metis_shm.daemon.snapshots.format import (
     write_snapshot,
 )
 from metis_shm.daemon.snapshots.restore import restore, restore_latest
-from metis_shm.errors import InvalidConfig, MetisError, SnapshotCorrupt, SnapshotNotFound
+from metis_shm.errors import (
+    InvalidConfig,
+    MetisError,
+    SegmentNotFound,
+    SnapshotCorrupt,
+    SnapshotNotFound,
+)
+from metis_shm.segment import shm_path
 from metis_shm.units import format_size, parse_size
 
 _SNAPSHOT_EXAMPLES = """\
@@ -191,7 +198,15 @@ def _restore_keys(args: argparse.Namespace) -> SnapshotKeys | None:
 
 def _open_for_restore(args: argparse.Namespace, keys: SnapshotKeys | None) -> Cache | None:
     if not args.create:
-        return attach_existing(args.name, accept_pickle=True)
+        try:
+            return attach_existing(args.name, accept_pickle=True)
+        except SegmentNotFound as exc:
+            raise SegmentNotFound(
+                f"no cache named {args.name!r} ({shm_path(args.name)} does not exist); pass "
+                f"--create to create it with the snapshotted cache's settings (and "
+                f"--capacity SIZE for another size)",
+                context={**exc.context, "hint": "--create"},
+            ) from None
     if Cache.exists(args.name):
         if args.capacity is not None:
             print(

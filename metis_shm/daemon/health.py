@@ -176,7 +176,7 @@ CACHE_METRICS: tuple[tuple[str, str, str, str], ...] = (
         "largest_free",
         "metis_cache_largest_free_block_bytes",
         "gauge",
-        "Sum over shards of each shard's largest free block.",
+        "The largest free block of any shard.",
     ),
     (
         "segment_size",

@@ -8,7 +8,10 @@
   segment's header (what ``Cache.daemon_alive`` reads) and a stats roll-up,
   which takes every shard's lock and so repairs a shard whose lock holder
   died, frees the stats slots of processes that are gone, and notices a
-  segment removed or taken over by another metisd (``/healthz`` then fails).
+  segment removed or taken over by another metisd (``/healthz`` then fails);
+  every ``STALE_SCAN_EVERY`` seconds it also looks in ``/proc/*/maps`` for
+  processes still attached to a destroyed segment of a cache's name
+  (``stale_processes`` in ``/stats``; a warning the first time each is seen).
 
 The loop that calls them is ``Daemon.run`` (lifecycle.py).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import psutil
 
@@ -29,6 +33,9 @@ log = logging.getLogger("metis_shm.daemon")
 SWEEP_SLICE = 1024
 """Items one ``Cache.sweep`` call examines: the most a shard lock is held for."""
 STATUS_EVERY = 10.0  # seconds between STATUS= summaries while running
+STALE_SCAN_EVERY = 10.0
+"""Seconds between two scans of ``/proc/*/maps`` for stale processes (every
+process's maps are read: not at every heartbeat)."""
 
 
 def _process_gone(pid: int, claimed_ns: int) -> bool:
@@ -46,6 +53,15 @@ def _process_gone(pid: int, claimed_ns: int) -> bool:
 
 class Maintenance(DaemonState):
     """The sweeps, drains, heartbeats and roll-ups of ``Daemon``."""
+
+    stale_processes: dict[str, list[int]]
+    """Cache name -> pids still attached to a destroyed segment of that name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stale_processes = {}
+        self._attachments: segment.Attachments | None = None
+        self._last_stale_scan = float("-inf")
 
     def tick(self) -> None:
         """One maintenance tick: sweep and drain every cache."""
@@ -109,6 +125,12 @@ class Maintenance(DaemonState):
     def heartbeat_all(self) -> None:
         """Every cache's heartbeat and stats roll-up; a ``STATUS=`` line every
         ``STATUS_EVERY`` seconds."""
+        now = time.monotonic()
+        if now - self._last_stale_scan >= STALE_SCAN_EVERY:
+            self._last_stale_scan = now
+            self._attachments = segment.scan_attachments()
+        else:
+            self._attachments = None  # the roll-ups keep what they found last
         for managed in list(self.caches.values()):
             self._heartbeat(managed)
             self._rollup(managed)
@@ -160,6 +182,31 @@ class Maintenance(DaemonState):
             if problem:
                 log.error("%s", problem)
             managed.problem = problem
+        self._note_stale(managed)
+
+    def _note_stale(self, managed: Managed) -> None:
+        """The processes still attached to a destroyed segment of this cache's
+        name (this metisd left out: its own loss is ``problem``); a warning for
+        each one the first time it is seen."""
+        if self._attachments is None:
+            return
+        name = managed.name
+        before = set(self.stale_processes.get(name, []))
+        stale = [p for p in self._attachments.stale.get(name, []) if p != self.pid]
+        self.stale_processes[name] = stale
+        new = [p for p in stale if p not in before]
+        if new:
+            log.warning(
+                "cache %r: process%s %s still attached to a destroyed segment of this name "
+                "(%s (deleted)): %s on a copy no other process sees; reopen the cache there "
+                "or restart %s (metis ls lists them)",
+                name,
+                "es" if len(new) > 1 else "",
+                ", ".join(str(p) for p in new),
+                segment.shm_path(name),
+                "they work" if len(new) > 1 else "it works",
+                "them" if len(new) > 1 else "it",
+            )
 
     def _reclaim_dead_slots(self, managed: Managed) -> None:
         """Free the stats slots of processes that are gone (their counts stay
@@ -183,4 +230,4 @@ class Maintenance(DaemonState):
         managed.counters.attached_processes = alive
 
 
-__all__ = ["SWEEP_SLICE", "Maintenance"]
+__all__ = ["STALE_SCAN_EVERY", "SWEEP_SLICE", "Maintenance"]

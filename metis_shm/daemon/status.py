@@ -6,7 +6,8 @@ stalls (silent for ``max(STALL_SECONDS, 5 sweep intervals)``), when a
 cache's segment was removed or taken over, or on a recent maintenance error;
 a failed snapshot, a skipped one at warm-up and a nearly full ``/dev/shm``
 are warnings only. ``stats()`` is ``/stats``: every cache's ``Stats`` and
-the daemon's own counters (``daemon_section``); ``metrics()`` is the same as
+the daemon's own counters (``daemon_section``; per cache also
+``stale_processes``); ``metrics()`` is the same as
 Prometheus text (health.py's ``render_metrics``). These three are what the
 ``HealthServer`` asks of its ``Endpoints``.
 """
@@ -30,6 +31,10 @@ STALL_SECONDS = 10.0  # a loop silent for max(this, 5 intervals) makes /healthz 
 
 class StatusReports(DaemonState):
     """The ``/healthz``, ``/stats`` and ``/metrics`` answers of ``Daemon``."""
+
+    stale_processes: dict[str, list[int]]
+    """Kept by ``Maintenance`` (maintenance.py): cache name -> pids still
+    attached to a destroyed segment of that name."""
 
     def daemon_section(self) -> dict[str, Any]:
         """The daemon's own numbers: the ``daemon`` part of ``/stats`` and of ``/metrics``."""
@@ -55,7 +60,13 @@ class StatusReports(DaemonState):
             },
             "loop": loop,
             "reloads": dict(self.reloads),
-            "caches": {name: m.counters.to_dict() for name, m in list(self.caches.items())},
+            "caches": {
+                name: {
+                    **m.counters.to_dict(),
+                    "stale_processes": list(self.stale_processes.get(name, [])),
+                }
+                for name, m in list(self.caches.items())
+            },
         }
 
     def _fresh_stats(self) -> dict[str, Stats]:
