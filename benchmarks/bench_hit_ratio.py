@@ -4,10 +4,11 @@ published reference figures and the in-process caches users would pick.
 What it measures
     The hit ratio (% of requests that hit, cold start, whole trace) of a
     read-through cache that holds at most N entries, replaying every trace in
-    ``../shared/traces/`` (``--traces DIR``): each request is a ``get``; a
-    miss inserts the key (a 0-byte value). N is the size of the traces
-    README's reference table for that trace (several for gli and sprite);
-    traces the table does not list use 1000.
+    ``benchmarks/traces/`` (``--traces DIR``; that folder's README says where
+    each trace comes from): each request is a ``get``; a miss inserts the key
+    (a 0-byte value). N is the size of the reference table (``REFERENCE``
+    below) for that trace (several for gli and sprite); traces the table does
+    not list use 1000.
 
 Contenders, all in the same run
     * every policy of the engine (``metis_shm._engine.POLICIES``), through a
@@ -21,7 +22,7 @@ Contenders, all in the same run
 
 What it prints
     A table per trace and size: each contender's hit ratio; the reference
-    figure of the same policy from the traces README's table (libCacheSim;
+    figure of the same policy from the reference table (libCacheSim;
     ``REFERENCE`` below), the difference to it; the difference in
     percentage points (pp) to Metis's default policy with 1 shard; for the
     sharded rows, the difference to the same policy with 1 shard. Each table's
@@ -59,14 +60,15 @@ from metis_shm import cache as cache_module  # noqa: E402
 from metis_shm.sim.simulator import available_policies, default_shard_count, simulate  # noqa: E402
 from metis_shm.sim.traces import load_trace, trace_name  # noqa: E402
 
-DEFAULT_TRACES = ROOT.parent / "shared" / "traces"
+DEFAULT_TRACES = ROOT / "benchmarks" / "traces"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hit_ratio.json"
 QUICK_TRACES = ("lirs-cs", "lirs-gli", "lirs-cpp")
 OTHER_SIZE = 1000  # for traces the reference table does not list
 
-#: The reference table of ../shared/traces/README.md ("Reference hit ratios
-#: (%, cache size in entries, cold start, whole trace)", measured there with
-#: libCacheSim): (trace, size) -> policy -> hit ratio in %.
+#: The reference hit ratios of these traces (%, cache size in entries, cold
+#: start, whole trace), measured with libCacheSim (PyPI ``libcachesim``), whose
+#: LRU matches every published LRU figure for them; WTinyLFU(1%) is a fixed 1%
+#: window, Belady the offline optimum: (trace, size) -> policy -> hit ratio in %.
 REFERENCE_POLICIES = (
     "LRU", "ARC", "LIRS", "2Q", "WTinyLFU(1%)", "S3FIFO", "SIEVE", "Belady",
 )  # fmt: skip
@@ -273,7 +275,7 @@ def run(folder: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "traces": str(folder),
         "quick": quick,
-        "reference_source": "../shared/traces/README.md (libCacheSim)",
+        "reference_source": "bench_hit_ratio.REFERENCE (libCacheSim)",
         "rows": [asdict(r) for r in rows],
         "checks": acceptance_checks(rows, default),
     }
@@ -282,7 +284,7 @@ def run(folder: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]
 def acceptance_checks(rows: list[Row], default: str) -> dict[str, list[str]]:
     """Issue 3's acceptance, row by row: the rows that miss each bar.
 
-    * ``lru_exact``: metis lru (1 shard) within 0.01 pp of the README's LRU;
+    * ``lru_exact``: metis lru (1 shard) within 0.01 pp of the reference LRU;
     * ``classic_within_1pp``: metis arc, 2q, s3fifo, sieve (1 shard) within
       1 pp of their reference;
     * ``default_within_2pp_of_best``: the default policy (1 shard) within 2 pp
@@ -350,7 +352,7 @@ def render(report: dict[str, Any]) -> str:
     out: list[str] = [
         f"Metis {report['metis_version']}: hit ratio (%), cold start, whole trace. "
         f"Default policy: {default}; default shards here: {report['default_shards']}.",
-        "ref = the same policy in ../shared/traces/README.md (libCacheSim); "
+        "ref = the same policy in the reference table (libCacheSim); "
         f"vs default = pp against metis {default} with 1 shard; "
         "vs 1 shard = pp against the same policy with 1 shard.",
     ]

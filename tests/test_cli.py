@@ -46,6 +46,8 @@ def test_check_finds_a_corrupted_index(cache_name: str, capsys: pytest.CaptureFi
     assert "problem" in out and "not a used block" in out
 
 
-def test_check_missing_cache_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "no-such-cache-here"]) == 2
+def test_check_missing_cache_is_a_usage_error(
+    cache_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", cache_name]) == 2  # a unique name nobody created
     assert "SEGMENT_NOT_FOUND" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The trace simulator (metis_shm.sim.simulator) and the ``metis simulate`` CLI.
 
-* With one shard the engine's LRU reproduces every LRU figure of
-  ../shared/traces/README.md to 0.01 pp (issue 3's acceptance).
+* With one shard the engine's LRU reproduces every published LRU figure for
+  the traces of benchmarks/traces/ (libCacheSim's, the reference table that
+  benchmarks/bench_hit_ratio.py prints) to 0.01 pp (issue 3's acceptance).
 * Every engine policy replays a short real trace; the simulator's own hit
   count agrees with ``cache.stats()`` (simulate checks it) and it leaves no
   segment behind.
@@ -24,16 +25,11 @@ from metis_shm.cli import main
 from metis_shm.sim.simulator import SimulationResult, available_policies, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACES = ROOT.parent / "shared" / "traces"
-# The traces live beside the checkout (../shared/traces), as in CI, where
-# their absence is an error rather than a reason to skip.
-if os.environ.get("CI") and not TRACES.is_dir():
-    raise RuntimeError(f"CI without the shared traces at {TRACES}")
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"no traces at {TRACES}")
+TRACES = ROOT / "benchmarks" / "traces"  # part of the repository: never skipped
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
-#: LRU column of the README's reference table: (file, size) -> hit ratio %
-README_LRU = [
+#: LRU column of the reference table (bench_hit_ratio.REFERENCE): (file, size) -> hit ratio %
+REFERENCE_LRU = [
     ("lirs-cs.trace.gz", 563, 1.83),
     ("lirs-gli.trace.gz", 1000, 11.21),
     ("lirs-gli.trace.gz", 252, 0.91),
@@ -62,14 +58,13 @@ def _sim_segments() -> set[str]:
 # ---- exactness -----------------------------------------------------------------
 
 
-@needs_traces
-@pytest.mark.parametrize(("file", "size", "expected"), README_LRU, ids=lambda v: str(v))
+@pytest.mark.parametrize(("file", "size", "expected"), REFERENCE_LRU, ids=lambda v: str(v))
 def test_lru_matches_reference(file: str, size: int, expected: float) -> None:
     result = simulate(TRACES / file, [size], ["lru"], shards=1)
     (row,) = result.rows
     assert row.shards == 1 and row.size == size
     assert abs(row.hit_ratio - expected) <= 0.01, (
-        f"LRU on {file} @ {size}: {row.hit_ratio:.2f}%, README says {expected:.2f}% "
+        f"LRU on {file} @ {size}: {row.hit_ratio:.2f}%, the reference says {expected:.2f}% "
         "(see tests/ENGINE_BUGS.md #1)"
     )
 
@@ -99,7 +94,6 @@ def test_lru_on_a_hand_made_sequence() -> None:
 # ---- every policy on a short real trace ------------------------------------------
 
 
-@needs_traces
 @pytest.mark.parametrize("policy", list(_engine.POLICIES))
 def test_each_policy_runs_a_real_trace(policy: str) -> None:
     before = _sim_segments()
@@ -153,7 +147,6 @@ def test_result_json_and_table_round_trip() -> None:
 # ---- the CLI -----------------------------------------------------------------------
 
 
-@needs_traces
 def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "out.json"
     out_png = tmp_path / "out.png"

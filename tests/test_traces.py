@@ -1,34 +1,53 @@
 """Trace readers (metis_shm.sim.traces): every format on tiny hand-made files,
-the real traces of ../shared/traces against their README's counts, and the
-errors bad input gets."""
+the real traces of benchmarks/traces against the table of their README (size,
+SHA-256, requests, unique keys), how a trace name is found, and the errors
+bad input gets.
+
+The traces are part of the repository: a missing one is a failure, never a
+reason to skip."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import os
+import re
 import struct
 from pathlib import Path
 
 import pytest
 
 from metis_shm.errors import MetisError
+from metis_shm.sim import traces as traces_module
 from metis_shm.sim.traces import (
+    TRACES_ENV,
     TraceFormatError,
     TraceNotFound,
     detect_format,
+    find_trace,
     load_trace,
     read_trace,
+    trace_dir,
     trace_name,
 )
 
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
-# The traces live beside the checkout (../shared/traces), as in CI, where
-# their absence is an error rather than a reason to skip.
-if os.environ.get("CI") and not TRACES.is_dir():
-    raise RuntimeError(f"CI without the shared traces at {TRACES}")
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason=f"no traces at {TRACES}")
+ROOT = Path(__file__).resolve().parent.parent
+TRACES = ROOT / "benchmarks" / "traces"
+#: what the folder holds besides the traces: our README and the notices that
+#: must travel with the files (benchmarks/traces/README.md says why)
+NOT_TRACES = {"README.md", "lirs-README.txt", "cache2k-LICENSE.txt"}
+_ROW = re.compile(
+    r"^\| (\S+\.trace\.(?:gz|xz)) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \| `([0-9a-f]{64})` \|$",
+    re.M,
+)
+
+
+def _readme_rows() -> list[tuple[str, str, int, int, int, str]]:
+    """The rows of the files table of benchmarks/traces/README.md."""
+    text = (TRACES / "README.md").read_text()
+    return [(m[1], m[2], int(m[3]), int(m[4]), int(m[5]), m[6]) for m in _ROW.finditer(text)]
 
 
 # ---- formats, on tiny files ------------------------------------------------------
@@ -107,7 +126,7 @@ def test_read_trace_is_lazy(tmp_path: Path) -> None:
 
 
 def test_trace_name() -> None:
-    assert trace_name("../shared/traces/lirs-cs.trace.gz") == "lirs-cs"
+    assert trace_name("benchmarks/traces/lirs-cs.trace.gz") == "lirs-cs"
     assert trace_name("cache2k-web07.trace.xz") == "cache2k-web07"
     assert trace_name("/x/access.csv.gz") == "access"
 
@@ -115,25 +134,90 @@ def test_trace_name() -> None:
 # ---- the real traces ---------------------------------------------------------------
 
 
-@needs_traces
+def test_the_folder_holds_what_its_readme_lists() -> None:
+    listed = {row[0] for row in _readme_rows()}
+    assert len(listed) == 16
+    on_disk = {p.name for p in TRACES.iterdir()}
+    assert on_disk == listed | NOT_TRACES
+    # every trace the docs and the benchmark name is one of them
+    assert trace_dir() == TRACES
+    for doc in (ROOT / "docs" / "policies.md", ROOT / "README.md"):
+        for name in re.findall(r"benchmarks/traces/([\w.-]+\.trace\.\w+)", doc.read_text()):
+            assert name in listed, (doc.name, name)
+
+
 @pytest.mark.parametrize(
-    ("file", "fmt", "requests", "unique"),
-    [
-        ("lirs-cs.trace.gz", "lirs", 6_781, 1_409),
-        ("lirs-gli.trace.gz", "lirs", 6_015, 2_529),
-        ("lirs-cpp.trace.gz", "lirs", 9_047, 1_223),
-        ("lirs-loop.trace.gz", "lirs", 505_500, 1_011),  # CRLF
-        ("cache2k-web07.trace.xz", "int32", 76_118, 20_484),
-        ("cache2k-web12.trace.xz", "int32", 95_607, 13_756),
-        ("corda-vaultservice.trace.gz", "int64", 135_702, 90_468),
-    ],
+    ("file", "fmt", "requests", "unique", "size", "sha256"), _readme_rows(), ids=lambda v: str(v)
 )
-def test_real_trace_counts_match_readme(file: str, fmt: str, requests: int, unique: int) -> None:
+def test_real_trace_matches_readme(
+    file: str, fmt: str, requests: int, unique: int, size: int, sha256: str
+) -> None:
     path = TRACES / file
+    data = path.read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256)
     assert detect_format(path) == fmt
     keys = load_trace(path)
     assert (len(keys), len(set(keys))) == (requests, unique)
     assert all(type(k) is bytes for k in keys[:100])
+
+
+def test_real_trace_counts_match_the_published_ones() -> None:
+    """A few counts as the traces' publisher gives them, apart from our README's."""
+    for file, requests, unique in [
+        ("lirs-cs.trace.gz", 6_781, 1_409),
+        ("lirs-loop.trace.gz", 505_500, 1_011),  # CRLF
+        ("cache2k-web07.trace.xz", 76_118, 20_484),
+        ("corda-vaultservice.trace.gz", 135_702, 90_468),
+    ]:
+        keys = load_trace(TRACES / file)
+        assert (len(keys), len(set(keys))) == (requests, unique), file
+
+
+# ---- finding a trace by name -------------------------------------------------------
+
+
+def test_bare_names_resolve_to_the_bundled_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TRACES_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing of that name here
+    assert find_trace("lirs-cs.trace.gz") == TRACES / "lirs-cs.trace.gz"
+    assert find_trace("lirs-cs") == TRACES / "lirs-cs.trace.gz"  # suffixes may go
+    assert find_trace("cache2k-web07") == TRACES / "cache2k-web07.trace.xz"
+    assert len(load_trace("lirs-cs")) == 6_781
+    # a file of that name in the current directory wins
+    (tmp_path / "lirs-cs.trace.gz").write_bytes(gzip.compress(b"1\n2\n"))
+    assert find_trace("lirs-cs.trace.gz") == Path("lirs-cs.trace.gz")
+    assert load_trace("lirs-cs.trace.gz") == [b"1", b"2"]
+    # a path with a directory part is taken as it is
+    with pytest.raises(TraceNotFound, match=r"no such file$"):
+        find_trace(os.path.join("sub", "lirs-gli.trace.gz"))
+    # the README is not a trace
+    with pytest.raises(TraceNotFound, match="in the trace folder"):
+        find_trace("lirs-README")
+
+
+def test_metis_traces_names_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "lirs-cs.trace.gz").write_bytes(gzip.compress(b"7\n"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(TRACES_ENV, str(other))
+    assert trace_dir() == other
+    assert load_trace("lirs-cs") == [b"7"]
+    with pytest.raises(TraceNotFound, match="in the trace folder") as info:
+        find_trace("lirs-gli.trace.gz")  # bundled, but not in the folder named
+    assert info.value.context["trace_dir"] == str(other)
+
+
+def test_without_a_trace_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in an installed wheel: no checkout around the package."""
+    monkeypatch.delenv(TRACES_ENV, raising=False)
+    monkeypatch.setattr(traces_module, "CHECKOUT_TRACES", tmp_path / "absent")
+    monkeypatch.chdir(tmp_path)
+    assert trace_dir() is None
+    with pytest.raises(TraceNotFound, match=f"set {TRACES_ENV}=DIR"):
+        read_trace("lirs-cs.trace.gz")
 
 
 # ---- bad input ---------------------------------------------------------------------

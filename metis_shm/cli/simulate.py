@@ -20,10 +20,10 @@ from metis_shm.sim.traces import FORMATS, load_trace, read_trace, trace_name
 
 _SIMULATE_EXAMPLES = """\
 examples:
-  metis simulate ../shared/traces/lirs-cs.trace.gz --sizes 563 --policies lru,sieve
-  metis simulate ../shared/traces/lirs-*.trace.gz --sizes 100,1000,10000 \\
+  metis simulate benchmarks/traces/lirs-cs.trace.gz --sizes 563 --policies lru,sieve
+  metis simulate benchmarks/traces/lirs-*.trace.gz --sizes 100,1000,10000 \\
       --json out.json --plot out.png
-  metis simulate ../shared/traces/corda-vaultservice.trace.gz --sizes 1024 --shards default
+  metis simulate benchmarks/traces/corda-vaultservice.trace.gz --sizes 1024 --shards default
   metis simulate requests.log.gz --format text --sizes 1000
   metis simulate access.csv --csv-column url --sizes 1000,5000
 

@@ -8,8 +8,10 @@ misses itself and checks them against ``cache.stats()``; every segment it
 creates is destroyed before it returns.
 
     >>> from metis_shm.sim.simulator import simulate
-    >>> result = simulate("../shared/traces/lirs-cs.trace.gz", [563], ["lru"])  # doctest: +SKIP
-    >>> print(result.table())                                               # doctest: +SKIP
+    >>> result = simulate("lirs-cs.trace.gz", [563], ["lru"])  # doctest: +SKIP
+    >>> print(result.table())                               # doctest: +SKIP
+
+(a bare trace name is one of ``benchmarks/traces/``: ``metis_shm.sim.traces.find_trace``.)
 
 With ``shards > 1`` the engine bounds every shard to ``ceil(size / shards)``
 items, as it does for any cache created with ``max_entries``.

@@ -1,6 +1,6 @@
 """Readers of cache-access traces: one key per request, as ``bytes``.
 
-Formats (``FORMATS``), as in ``../shared/traces/README.md``:
+Formats (``FORMATS``), as in ``benchmarks/traces/README.md``:
 
 * ``lirs``: one decimal key per line; white space trimmed (CRLF too); empty
   lines and ``*`` lines (checkpoint markers) skipped.
@@ -19,8 +19,16 @@ The format is guessed from the file name (``detect_format``) unless given:
 ``lirs-*`` -> lirs, ``*.trace.xz`` (cache2k) -> int32, ``corda-*`` -> int64,
 ``*.csv[.gz|.xz|.bz2]`` -> csv, anything else -> text.
 
+Where a trace is found (``find_trace``): a path that names a file is that
+file. A bare name (no directory part) that is not a file in the current
+directory is looked up in ``trace_dir()``: the folder named by the
+environment variable ``METIS_TRACES``, else the ``benchmarks/traces/``
+folder of the source checkout this package runs from (the traces the
+project's tests, docs and benchmarks use; an installed wheel has none). A
+name there may drop its suffixes: ``lirs-cs`` is ``lirs-cs.trace.gz``.
+
     >>> from metis_shm.sim.traces import read_trace
-    >>> for key in read_trace("../shared/traces/lirs-cs.trace.gz"):  # doctest: +SKIP
+    >>> for key in read_trace("lirs-cs.trace.gz"):  # doctest: +SKIP
     ...     ...
 """
 
@@ -49,6 +57,53 @@ _CHUNK = 1 << 16  # records per read of a binary trace
 _COMPRESSED_SUFFIXES = (".gz", ".xz", ".bz2", ".lzma")
 
 StrPath = str | os.PathLike[str]
+
+#: The environment variable that names the folder bare trace names resolve to.
+TRACES_ENV = "METIS_TRACES"
+#: ``benchmarks/traces/`` of a source checkout: metis_shm/sim/traces.py is two
+#: levels below the checkout's root (in an installed wheel this does not exist).
+CHECKOUT_TRACES = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "traces"
+
+
+def trace_dir() -> Path | None:
+    """The folder bare trace names resolve to: ``$METIS_TRACES`` when it is
+    set and not empty, else ``CHECKOUT_TRACES`` when it exists, else ``None``."""
+    env = os.environ.get(TRACES_ENV)
+    if env:
+        return Path(env)
+    return CHECKOUT_TRACES if CHECKOUT_TRACES.is_dir() else None
+
+
+def find_trace(path: StrPath) -> Path:
+    """The trace file ``path`` names (module docstring, "Where a trace is
+    found"), or ``TraceNotFound`` saying where it looked."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shown = os.fspath(path)
+    folder = trace_dir()
+    bare = p.name == shown and shown not in ("", ".", "..")
+    if bare and folder is not None:
+        if (folder / shown).is_file():
+            return folder / shown
+        prefix = f"{shown}.trace"
+        matches = (
+            sorted(f for f in folder.iterdir() if f.name.startswith(prefix) and f.is_file())
+            if folder.is_dir()
+            else []
+        )
+        if len(matches) == 1:
+            return matches[0]
+    where = ""
+    if bare:
+        if folder is None:
+            where = f" (and no trace folder: set {TRACES_ENV}=DIR)"
+        else:
+            where = f" here or in the trace folder {os.fspath(folder)!r}"
+    raise TraceNotFound(
+        f"trace {shown!r}: no such file{where}",
+        context={"path": shown, "trace_dir": None if folder is None else os.fspath(folder)},
+    )
 
 
 def detect_format(path: StrPath) -> str:
@@ -99,14 +154,11 @@ def read_trace(
     name (the first row is then a header) or a 0-based index (an ``int`` or
     a string of digits; the first row is data unless ``csv_header=True``).
 
-    A missing file or an unknown format raises here, at the call; errors in
+    ``path`` is resolved by ``find_trace`` (a bare name may be one of the
+    bundled traces). A missing file or an unknown format raises here, at the call; errors in
     the content (``TraceFormatError``) raise while iterating, when reached.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise TraceNotFound(
-            f"trace {os.fspath(path)!r}: no such file", context={"path": os.fspath(path)}
-        )
+    p = find_trace(path)
     if format is None:
         format = "csv" if csv_column is not None else detect_format(p)
     if format not in FORMATS:

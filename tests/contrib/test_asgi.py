@@ -297,9 +297,9 @@ def test_shared_across_processes(cache: Cache) -> None:
     assert run_in_fork(child) == ("call 1 -", "hit")
 
 
-def test_bad_ttl() -> None:
+def test_bad_ttl(cache_name: str) -> None:
     with pytest.raises(ValueError):
-        CacheMiddleware(Starlette(), cache="x", ttl=0)
+        CacheMiddleware(Starlette(), cache=cache_name, ttl=0)
 
 
 # ---- FastAPI dependencies --------------------------------------------------------
