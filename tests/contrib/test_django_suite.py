@@ -20,7 +20,7 @@ The suite runs once, in a child process (``python
 tests/contrib/test_django_suite.py --child``): Django settings are
 process-wide, and the suite needs its own (``INSTALLED_APPS=["cache"]`` for
 its ``Poll`` model, an in-memory sqlite database for ``TestCase``), unlike
-``test_django_backend.py`` in this process. Each of Django's tests is then
+the tests of ``django_backend/`` in this process. Each of Django's tests is then
 reported here as its own pytest item, ``test_django_base_cache_test[name]``,
 with Django's traceback when it fails; ``test_django_suite_ran_completely``
 checks the whole run and prints the counts.
