@@ -1,8 +1,8 @@
 """What the torture run's child processes do: the key space, values of any
 length from 0 B up, the shared counter board, and the loops of the four roles.
 
-Nothing here starts or kills a process: ``torture.py`` forks children and
-each one calls ``child_main`` and never returns from it.
+Nothing here starts or kills a process: ``torture_driver.py`` forks children
+and each one calls ``child_main`` and never returns from it.
 
 * **Values.** A value of a data key says which key it belongs to. From the
   smallest length ``make_value`` can frame up, it *is* a ``make_value``
