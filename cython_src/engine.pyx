@@ -32,7 +32,8 @@ from index cimport (INDEX_TORN, item_offset_ok, do_index_find, do_index_insert,
                     do_index_replace)
 from optimistic cimport (OptItem, OPT_FOUND, OPT_MISS, OPT_BROKEN, opt_begin, opt_still,
                          opt_find, opt_key_ptr, opt_value_ptr)
-from item cimport item_expired, item_fill, do_item_remove, do_item_evict
+from coherence cimport coh_stamp, coh_gate_open
+from item cimport item_expired, item_dead, item_fill, do_item_remove, do_item_evict
 from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, do_policy_on_hit,
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
                      do_policy_victim, PENDING_ADMITTED)
@@ -233,6 +234,8 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
     off = _round_up(off + n_slots * plan["slot_size"], 4096)
     plan["index_offset"] = off
     off = _round_up(off + <uint64_t>n_shards * buckets * 4, 64)
+    plan["stamps_offset"] = off
+    off = _round_up(off + <uint64_t>n_shards * buckets * 4, 64)
     plan["bitmap_offset"] = off
     off = _round_up(off + <uint64_t>n_shards * plan["bitmap_stride"], 64)
     plan["policy_offset"] = off
@@ -289,4 +292,5 @@ cdef struct ValueView:
 include "engine_segment.pxi"
 include "engine_read.pxi"
 include "engine_write.pxi"
+include "engine_coherence.pxi"
 include "engine_admin.pxi"

@@ -4,7 +4,7 @@
 # header, and the hooks the tests use to produce states for real.
 
 
-cdef class Engine(_Writer):
+cdef class Engine(_Coherent):
     """One process's mapping of a segment. Subclassed by metis_shm.Cache."""
 
     def check(self):
@@ -157,7 +157,7 @@ cdef class Engine(_Writer):
                         if <uint64_t>off + ITEM_HEADER_SIZE + it.key_len + it.value_len > \
                                 s.arena_size:
                             self._corrupt(s)
-                        if not item_expired(it, now):
+                        if not item_dead(s, it, now):
                             out.append((
                                 PyBytes_FromStringAndSize(item_key(it), it.key_len),
                                 it.flags, it.expire_ns,

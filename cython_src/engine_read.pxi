@@ -8,7 +8,7 @@ cdef class _Reader(_Segment):
 
     # ---- the read path -----------------------------------------------------
 
-    cdef object _read(self, KeyView *kv, object default, bint consume):
+    cdef object _read(self, KeyView *kv, object default, bint consume, bint ungated=False):
         """Lock-free lookup (optimistic.pxd); never waits for another process.
 
         Every shared field is loaded once by opt_find; the copy below uses
@@ -27,6 +27,11 @@ cdef class _Reader(_Segment):
         cdef uint64_t attempt = 0
         if consume:
             return self._read_locked(s, kv, default, True, True)
+        if not coh_gate_open(self._coh) and not ungated:
+            # No tracker vouches for this near tier now: a miss (the caller
+            # reads through to the far tier).
+            self._bump(&c.misses)
+            return default
         found.off = 0
         found.flags = 0
         found.expire_ns = 0
@@ -58,7 +63,8 @@ cdef class _Reader(_Segment):
             # Nothing was reclaimed, yet the chain made no sense: something
             # other than the engine wrote this shard.
             self._corrupt(s)
-        if r == OPT_MISS or (found.expire_ns and found.expire_ns <= metis_now_ns()):
+        if r == OPT_MISS or (found.expire_ns and found.expire_ns <= metis_now_ns()) or \
+                found.stamp != coh_stamp(s, kv.h):
             self._bump(&c.misses)
             return default
         self._bump(&c.hits)
@@ -101,7 +107,7 @@ cdef class _Reader(_Segment):
                 corrupt = True
                 off = 0
         if off:
-            if item_expired(it, now):
+            if item_dead(s, it, now):
                 if consume:
                     do_item_remove(s, link, off)
                     s.sh.expirations += 1
@@ -143,7 +149,14 @@ cdef class _Reader(_Segment):
         cdef KeyView kv
         self._check_open()
         self._key(key, &kv)
-        return self._read(&kv, default, False)
+        if not self._read_through:
+            return self._read(&kv, default, False)
+        value = self._read(&kv, _MISSING, False)
+        if value is _MISSING:
+            # A tier behind this one (metis_shm/far): one Python call on a
+            # miss, nothing on a hit.
+            return self._read_miss(key, default)
+        return value
 
     def __getitem__(self, key):
         cdef KeyView kv
@@ -233,7 +246,7 @@ cdef class _Reader(_Segment):
                                       uint64_t last, bint *broken):
         cdef uint64_t b, now = metis_now_ns(), steps
         cdef uint32_t off, klen, kflags
-        cdef uint64_t exp
+        cdef uint64_t exp, stamp
         cdef Item *it
         cdef list out = []
         broken[0] = False
@@ -248,11 +261,13 @@ cdef class _Reader(_Segment):
                 klen = metis_load_relaxed_u32(&it.key_len)
                 kflags = metis_load_relaxed_u32(&it.flags)
                 exp = metis_load_relaxed_u64(&it.expire_ns)
+                stamp = metis_load_relaxed_u64(&it.stamp)
                 if klen > self._max_key or \
                         <uint64_t>off + ITEM_HEADER_SIZE + klen > s.arena_size:
                     broken[0] = True
                     return out
-                if exp == 0 or exp > now:
+                # An item lives in bucket b, so b's counter is its stamp's.
+                if (exp == 0 or exp > now) and stamp == coh_stamp(s, b):
                     out.append(_key_object(it, klen, kflags))
                 off = metis_load_acquire_u32(&it.hnext)
                 steps += 1
@@ -289,7 +304,7 @@ cdef class _Reader(_Segment):
                                 <uint64_t>off + ITEM_HEADER_SIZE + it.key_len > s.arena_size:
                             corrupt = True
                             break
-                        if not item_expired(it, now):
+                        if not item_dead(s, it, now):
                             out.append(_key_object(it, it.key_len, it.flags))
                         off = it.hnext
                         steps += 1

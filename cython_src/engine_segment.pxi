@@ -30,6 +30,8 @@ cdef class _Segment:
     cdef uint64_t _hash_seed
     cdef uint64_t _hash_seed2
     cdef list _largest_seen
+    cdef Coherence *_coh
+    cdef bint _read_through
 
 
     def __dealloc__(self):
@@ -73,6 +75,7 @@ cdef class _Segment:
                       hash_seed2=int.from_bytes(os.urandom(8), "little"))
         fresh = fields
         memcpy(h, &fresh, sizeof(SegmentHeader))
+        memset(self._base + COHERENCE_OFFSET, 0, sizeof(Coherence))
         self._setup_views()
         for i in range(self._n_shards):
             sh = self._shards[i].sh
@@ -121,6 +124,7 @@ cdef class _Segment:
         self._hash_seed = h.hash_seed
         self._hash_seed2 = h.hash_seed2
         self._largest_seen = [0] * h.n_shards
+        self._coh = <Coherence *>(self._base + COHERENCE_OFFSET)
         if self._shards == NULL:
             self._shards = <ShardRef *>malloc(sizeof(ShardRef) * self._n_shards)
             if self._shards == NULL:
@@ -130,6 +134,9 @@ cdef class _Segment:
             s.sh = <ShardHeader *>(self._base + h.shards_offset + <uint64_t>i * SHARD_HEADER_SIZE)
             s.buckets = <uint32_t *>(self._base + h.index_offset
                                      + <uint64_t>i * h.index_buckets * 4)
+            s.stamps = <uint32_t *>(self._base + h.stamps_offset
+                                    + <uint64_t>i * h.index_buckets * 4)
+            s.coh = self._coh
             s.hints = <uint8_t *>(self._base + h.bitmap_offset + <uint64_t>i * h.bitmap_stride)
             pol = self._base + h.policy_offset + <uint64_t>i * h.policy_stride
             s.ghost_ring = <uint64_t *>pol

@@ -8,13 +8,17 @@ cdef class _Writer(_Reader):
     drain and sweep."""
 
     cdef int _do_store(self, ShardRef *s, KeyView *kv, ValueView *vv, uint64_t expire,
-                       int mode, uint64_t now) noexcept:
+                       int mode, uint64_t now, uint64_t token=0, bint tokened=False) noexcept:
         """Store under the lock, inside a write section. Returns R_*.
 
         A new key: admit (the policy consults ghosts or its sketch), evict
         to the entry bound and to free memory, write the item, publish it.
         A present key: write the new item, swap it in with one index store,
         and the policy counts the set as a hit.
+
+        With `tokened`, a fill (coherence.pxd): stored only if the key's
+        stamp is still `token`, and stamped with it, so an invalidation that
+        lands at any point after the token was taken leaves the item dead.
         """
         cdef uint32_t *link
         cdef uint32_t old = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
@@ -22,7 +26,9 @@ cdef class _Writer(_Reader):
         cdef Item *it
         if old == INDEX_TORN:
             return R_CORRUPT
-        if old and item_expired(item_at(s, old), now):
+        if tokened and coh_stamp(s, kv.h) != token:
+            return R_NOT_STORED
+        if old and item_dead(s, item_at(s, old), now):
             do_item_remove(s, link, old)
             s.sh.expirations += 1
             old = 0
@@ -47,8 +53,7 @@ cdef class _Writer(_Reader):
             do_item_evict(s, victim, now)
             off = do_alloc(s, need, False)
         it = item_at(s, off)
-        s.sh.write_counter += 1
-        item_fill(it, s.sh.write_counter, kv.h, expire, kv.p, <uint32_t>kv.n, vv.p,
+        item_fill(it, token if tokened else coh_stamp(s, kv.h), kv.h, expire, kv.p, <uint32_t>kv.n, vv.p,
                   <uint32_t>vv.n, vv.flags | kv.flag)
         METIS_CRASH_POINT(5)
         # Evictions above may have taken the old item: look again.
@@ -69,14 +74,15 @@ cdef class _Writer(_Reader):
         s.sh.sets += 1
         return R_DONE
 
-    cdef int _store(self, KeyView *kv, ValueView *vv, uint64_t expire, int mode) except -1:
+    cdef int _store(self, KeyView *kv, ValueView *vv, uint64_t expire, int mode,
+                    uint64_t token=0, bint tokened=False) except -1:
         cdef ShardRef *s = self._shard_for(kv.h)
         cdef int r
         self._check_size(kv, vv)
         self._lock(s)
         do_write_begin(s)
         do_policy_drain(s)
-        r = self._do_store(s, kv, vv, expire, mode, metis_now_ns())
+        r = self._do_store(s, kv, vv, expire, mode, metis_now_ns(), token, tokened)
         do_write_end(s)
         shard_unlock(s)
         if r == R_CORRUPT:
@@ -98,7 +104,7 @@ cdef class _Writer(_Reader):
         if off == INDEX_TORN:
             self._abandon_write(s)
         if off:
-            if item_expired(item_at(s, off), metis_now_ns()):
+            if item_dead(s, item_at(s, off), metis_now_ns()):
                 s.sh.expirations += 1
             else:
                 s.sh.deletes += 1
@@ -189,7 +195,7 @@ cdef class _Writer(_Reader):
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         if off == INDEX_TORN:
             self._abandon_write(s)
-        if off and not item_expired(item_at(s, off), metis_now_ns()):
+        if off and not item_dead(s, item_at(s, off), metis_now_ns()):
             # One atomic store: a reader sees the old expiry or the new one.
             metis_store_relaxed_u64(&item_at(s, off).expire_ns, expire)
             found = True
@@ -250,7 +256,7 @@ cdef class _Writer(_Reader):
         off = do_index_find(s, kv.h, kv.p, <uint32_t>kv.n, kv.flag, &link)
         if off == INDEX_TORN:
             self._abandon_write(s)
-        if off and item_expired(item_at(s, off), now):
+        if off and item_dead(s, item_at(s, off), now):
             do_item_remove(s, link, off)
             s.sh.expirations += 1
             off = 0

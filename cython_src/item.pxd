@@ -11,16 +11,22 @@ from layout cimport ShardRef, Item, item_at, ITEM_HEADER_SIZE
 from allocator cimport do_free
 from index cimport do_index_unlink, do_index_link_of
 from policy cimport do_policy_remove
+from coherence cimport item_stamp_dead
 
 
 cdef inline bint item_expired(Item *it, uint64_t now_ns) noexcept nogil:
     return it.expire_ns != 0 and it.expire_ns <= now_ns
 
-cdef inline void item_fill(Item *it, uint64_t version, uint64_t h, uint64_t expire_ns,
+cdef inline bint item_dead(ShardRef *s, Item *it, uint64_t now_ns) noexcept nogil:
+    """Expired, or invalidated since it was written (coherence.pxd): either
+    way, absent for every operation."""
+    return item_expired(it, now_ns) or item_stamp_dead(s, it)
+
+cdef inline void item_fill(Item *it, uint64_t stamp, uint64_t h, uint64_t expire_ns,
                            const char *key, uint32_t klen, const char *value, uint32_t vlen,
                            uint32_t flags) noexcept nogil:
     it.hnext = 0
-    it.version = version
+    it.stamp = stamp
     it.hash = h
     it.expire_ns = expire_ns
     it.key_len = klen
@@ -44,7 +50,7 @@ cdef inline void do_item_evict(ShardRef *s, uint32_t off, uint64_t now_ns) noexc
     """Remove a policy victim; an expired victim counts as an expiration (and
     leaves no ghost: it was not pushed out by the policy)."""
     cdef uint32_t *link = do_index_link_of(s, off)
-    cdef bint expired = item_expired(item_at(s, off), now_ns)
+    cdef bint expired = item_dead(s, item_at(s, off), now_ns)
     if expired:
         s.sh.expirations += 1
     else:

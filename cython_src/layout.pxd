@@ -11,8 +11,10 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 cdef enum:
-    LAYOUT_VERSION = 2
+    LAYOUT_VERSION = 3
     HEADER_SIZE = 4096
+    COHERENCE_OFFSET = 2048  # the Coherence block, inside the header page
+    COHERENCE_WORDS = 24
     SHARD_HEADER_SIZE = 1024
     ITEM_HEADER_SIZE = 56
     MIN_BLOCK = 64
@@ -89,6 +91,22 @@ cdef struct SegmentHeader:
     # bucket or a shard cannot be worked out offline (hash flooding).
     uint64_t hash_seed
     uint64_t hash_seed2
+    # One stamp counter per index bucket (coherence.pxd), per shard.
+    uint64_t stamps_offset
+
+# Coherence (coherence.pxd): what lets another tier invalidate this one. The
+# engine knows only generations, stamps and a gate; what drives them (a
+# tracker of Redis invalidations, metis_shm/far) lives in the package.
+cdef struct Coherence:
+    # Read by every reader of a gated segment: its own cache line, written
+    # rarely (a generation bump, a vouch every ping interval).
+    uint64_t generation     # bumped: every item written before is invalid at once
+    uint64_t vouch_until_ns # CLOCK_MONOTONIC: a gated segment serves reads only before it
+    uint32_t gated          # 1: reads obey vouch_until_ns
+    uint32_t _pad0
+    uint64_t _pad_line[5]
+    # The package's words (atomics the engine never interprets).
+    uint64_t words[24]
 
 cdef struct PolicyList:
     uint32_t head           # newest
@@ -125,13 +143,13 @@ cdef struct ShardHeader:
     # Odd while a write section is open (shard.pxd): a lock owner that died
     # with it odd left the shard half-changed, and the next owner repairs.
     uint64_t writing
-    uint64_t write_counter  # item versions
+    uint64_t _unused_write_counter
     uint64_t repairs        # full repairs run (lock_recoveries counts every dead owner)
     # ENOTRECOVERABLE recovery (shard.pxd): the pid re-initialising the
     # mutex, and how many times it was re-initialised.
     uint32_t lock_recoverer
     uint32_t lock_generation
-    uint64_t _pad_stats[1]
+    uint64_t invalidated    # dead-stamp items removed (counted in expirations too)
     # Allocator: one free list per power-of-two size class.
     uint32_t bin_heads[32]
     uint32_t bin_bitmap
@@ -180,7 +198,7 @@ cdef struct SlotCounters:
 cdef struct Item:
     uint32_t block          # allocator: size | BLOCK_* bits
     uint32_t hnext          # index: next item in this bucket's chain
-    uint64_t version        # shard write counter when written
+    uint64_t stamp          # coherence stamp when written: generation << 32 | bucket stamp
     uint64_t hash
     uint64_t expire_ns      # 0 = never
     uint32_t key_len
@@ -199,6 +217,8 @@ cdef struct FreeBlock:
 cdef struct ShardRef:
     ShardHeader *sh
     uint32_t *buckets
+    uint32_t *stamps        # one per bucket: bumped by invalidate (coherence.pxd)
+    Coherence *coh          # the segment's (shared by all shards)
     char *arena
     uint8_t *hints          # one byte per 64 arena bytes: the item at off owns hints[off >> 6]
     uint64_t *ghost_ring    # 2 rings of ghost_cap hashes (ARC, 2Q, S3-FIFO)

@@ -50,6 +50,7 @@ cdef struct OptItem:
     uint32_t value_len
     uint32_t flags
     uint64_t expire_ns
+    uint64_t stamp
 
 
 cdef inline uint64_t opt_begin(ShardRef *s) noexcept nogil:
@@ -97,6 +98,7 @@ cdef inline int opt_find(ShardRef *s, uint64_t begun, uint64_t h, const char *ke
                     out.value_len = vlen
                     out.flags = iflags
                     out.expire_ns = metis_load_relaxed_u64(&it.expire_ns)
+                    out.stamp = metis_load_relaxed_u64(&it.stamp)
                     return OPT_FOUND
         # Acquire: the next item was fully written before this link named it.
         off = metis_load_acquire_u32(&it.hnext)

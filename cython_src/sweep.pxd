@@ -1,4 +1,4 @@
-# Expiry sweeps: remove expired items a bounded slice at a time, so no shard
+# Expiry sweeps: remove expired (or invalidated, coherence.pxd) items a bounded slice at a time, so no shard
 # lock is held long. Each shard keeps a bucket cursor; a sweep resumes where
 # the previous one stopped and wraps around. Reads never depend on sweeps:
 # an expired item is refused at read time whether or not it was swept.
@@ -6,7 +6,7 @@
 # Functions named do_* expect the shard lock.
 from libc.stdint cimport uint32_t, uint64_t
 from layout cimport ShardRef, Item, item_at
-from item cimport item_expired, do_item_remove
+from item cimport item_dead, do_item_remove
 
 
 cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns,
@@ -29,7 +29,7 @@ cdef inline uint64_t do_sweep(ShardRef *s, uint64_t budget, uint64_t now_ns,
             if examined >= budget and visited_buckets > 0:
                 break
             examined += 1
-            if item_expired(item_at(s, off), now_ns):
+            if item_dead(s, item_at(s, off), now_ns):
                 do_item_remove(s, link, off)
                 s.sh.expirations += 1
                 removed += 1

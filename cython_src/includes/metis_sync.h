@@ -35,6 +35,14 @@ static inline void metis_store_relaxed_u64(uint64_t *p, uint64_t v) {
 static inline uint64_t metis_fetch_add_u64(uint64_t *p, uint64_t v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
+/* Coherence bumps (coherence.pxd): ordered against the loads and the unlink
+   around them, so a reader that sees the new stamp sees nothing older. */
+static inline uint64_t metis_fetch_add_acq_rel_u64(uint64_t *p, uint64_t v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
+static inline uint32_t metis_fetch_add_acq_rel_u32(uint32_t *p, uint32_t v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
 static inline uint32_t metis_load_acquire_u32(const uint32_t *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }

@@ -8,6 +8,8 @@ cdef extern from "metis_sync.h" nogil:
     void metis_store_release_u64(uint64_t *p, uint64_t v)
     void metis_store_relaxed_u64(uint64_t *p, uint64_t v)
     uint64_t metis_fetch_add_u64(uint64_t *p, uint64_t v)
+    uint64_t metis_fetch_add_acq_rel_u64(uint64_t *p, uint64_t v)
+    uint32_t metis_fetch_add_acq_rel_u32(uint32_t *p, uint32_t v)
     uint32_t metis_load_acquire_u32(const uint32_t *p)
     uint32_t metis_load_relaxed_u32(const uint32_t *p)
     void metis_store_release_u32(uint32_t *p, uint32_t v)
