@@ -106,6 +106,13 @@ cdef class _Coherent(_Writer):
         """get() calls self._read_miss(key, default) on a miss."""
         self._read_through = on
 
+    def peek(self, key, default=None):
+        """get() from this segment only: no read-through on a miss."""
+        cdef KeyView kv
+        self._check_open()
+        self._key(key, &kv)
+        return self._read(&kv, default, False)
+
     def get_ungated(self, key, default=None):
         """get() from this segment even if no tracker vouches for it now
         (serve-stale mode); invalidated and expired items stay absent."""

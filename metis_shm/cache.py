@@ -65,6 +65,14 @@ class Cache(_engine.Engine):
 
     name: str
 
+    def __new__(cls, *args: Any, far: Any = None, **kwargs: Any) -> Cache:
+        # Cache(name, far="redis://...") opens the near tier of Redis.
+        if far is not None and cls is Cache:
+            from metis_shm.far.near import NearCache
+
+            cls = NearCache
+        return super().__new__(cls)
+
     def __init__(
         self,
         name: str,

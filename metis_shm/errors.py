@@ -197,6 +197,21 @@ class CryptoUnavailable(MetisError, ImportError):
     code = "CRYPTO_UNAVAILABLE"
 
 
+class FarUnavailable(MetisError, ConnectionError):
+    """The far tier (Redis) did not answer: refused, reset or timed out. A
+    write that raises this changed nothing in the near tier; whether Redis
+    applied it before the connection broke is unknown, as with any client."""
+
+    code = "FAR_UNAVAILABLE"
+
+
+class FarError(MetisError, RuntimeError):
+    """The far tier answered with an error (a wrong type, a refused command,
+    an authentication failure). Nothing changed in the near tier."""
+
+    code = "FAR_ERROR"
+
+
 ERROR_CLASSES: dict[str, type[MetisError]] = {
     cls.code: cls
     for cls in (
@@ -225,5 +240,7 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         SnapshotNotFound,
         SnapshotKeyError,
         CryptoUnavailable,
+        FarUnavailable,
+        FarError,
     )
 }

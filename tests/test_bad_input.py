@@ -58,6 +58,8 @@ ERROR_TABLE = [
     ("SNAPSHOT_NOT_FOUND", "SnapshotNotFound", FileNotFoundError),
     ("SNAPSHOT_KEY", "SnapshotKeyError", ValueError),
     ("CRYPTO_UNAVAILABLE", "CryptoUnavailable", ImportError),
+    ("FAR_UNAVAILABLE", "FarUnavailable", ConnectionError),
+    ("FAR_ERROR", "FarError", RuntimeError),
 ]
 
 

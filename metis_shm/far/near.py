@@ -1,0 +1,372 @@
+"""``NearCache``: a Cache that is the near tier of Redis.
+
+A near hit is the engine's own ``get`` (one C call; the gate and the item's
+stamp are two more loads). A miss calls ``_read_miss``: one Redis round trip
+per machine for a key, whatever the number of processes missing it at once
+(a lease in the segment), then a fill that carries the stamp taken before
+the fetch, so an invalidation that overtook the reply leaves it dead.
+
+Writes go to Redis first, the source of truth, and only then kill the near
+copies of the key (every process of this machine at once). Other machines
+learn of the write through Redis's invalidation, received by their metisd.
+docs/far-tier.md states the consistency model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from metis_shm import _engine
+from metis_shm.cache import Cache
+from metis_shm.errors import FarUnavailable, KeyNotFound
+from metis_shm.far import encoding, words
+from metis_shm.far.client import FarClient
+from metis_shm.far.settings import FarSettings
+
+log = logging.getLogger("metis_shm.far")
+
+_MISS = object()
+_Engine = _engine.Engine
+# Single-flight leases and absent markers share the segment with the data,
+# under keys no str key can spell (a NUL first byte) and that keys() hides.
+_LEASE = b"\x00metis.lease\x00"
+_ABSENT = b"-"
+_NEGATIVE_TTL = 30.0  # an absent marker is invalidated like any entry; this only bounds memory
+
+
+class NearCache(Cache):
+    """A Cache in front of Redis: read-through, write-through, kept coherent
+    by metisd's tracking connection. Open it as ``Cache(name, far=...)``.
+
+    >>> # Cache("app", capacity="256MiB", far="redis://127.0.0.1:6379/0")
+
+    ``far`` is a redis:// URL, a dict of FarSettings fields, or FarSettings.
+    Every other argument is Cache's.
+    """
+
+    far: FarSettings
+
+    def __init__(self, name: str, *args: Any, far: Any, **kwargs: Any) -> None:
+        self.far = FarSettings.build(far)
+        super().__init__(name, *args, **kwargs)
+        self._client = FarClient(self.far)
+        self._pid = os.getpid()
+        self._set_gated(True)
+        self._set_read_through(True)
+        if self._word(words.TRACKER_STATE) == 0:
+            log.warning(
+                "near cache %r: no metisd tracks Redis for it yet, so every read goes to "
+                "Redis; run metisd with a far table for this cache (docs/far-tier.md)",
+                name,
+            )
+
+    # ---- reads ----------------------------------------------------------------
+
+    def _read_miss(self, key: Any, default: Any) -> Any:
+        """The engine's get() found nothing near: fetch from Redis, once per
+        machine, and fill."""
+        if not self.gate_open:
+            return self._read_unvouched(key, default)
+        lease = _lease_key(key)
+        token = self.fill_token(key)
+        if not _Engine.add(self, lease, b"%d" % os.getpid(), ttl=self.far.lease_timeout):
+            got = self._wait_for_fill(key, lease, default)
+            if got is not _MISS:
+                return got
+            token = self.fill_token(key)
+            lease = b""  # fetch without a lease: the holder is gone or slow
+        try:
+            data, pttl = self._fetch(key)
+        except FarUnavailable:
+            if lease:
+                _Engine.delete(self, lease)
+            return self._read_stale(key, default)
+        if data is None:
+            self._add_word(words.FAR_MISSES)
+            # The absent marker carries the token: it stands only until the
+            # key's next invalidation, like a filled value.
+            if lease:
+                _Engine.set(self, lease, _ABSENT + b"%d" % token, ttl=_NEGATIVE_TTL)
+            return default
+        self._add_word(words.FAR_HITS)
+        value = encoding.decode(self._codec_obj, data)
+        ttl = pttl / 1000 if pttl > 0 else None
+        if self.fill(key, value, token, ttl=ttl):
+            self._add_word(words.FILLS)
+        else:
+            self._add_word(words.FILLS_DROPPED)
+        if lease:
+            _Engine.delete(self, lease)
+        return value
+
+    def _fetch(self, key: Any) -> tuple[bytes | None, int]:
+        redirect = self._word(words.TRACKER_ID) if self.far.tracking == "default" else 0
+        try:
+            return self._client.fetch(key, redirect)
+        except FarUnavailable:
+            self._add_word(words.FAR_ERRORS)
+            raise
+
+    def _wait_for_fill(self, key: Any, lease: bytes, default: Any) -> Any:
+        """Another process fetches `key`: wait for its fill (or its absent
+        marker), at most lease_timeout. _MISS if it never came."""
+        deadline = time.monotonic() + self.far.lease_timeout
+        pause = 0.0001
+        waited = False
+        while True:
+            value = self.peek(key, _MISS)
+            if value is not _MISS:
+                if waited:
+                    self._add_word(words.SINGLE_FLIGHT_WAITS)
+                return value
+            holder = self.peek(lease, None)
+            if holder is None or not self.gate_open:
+                return _MISS
+            if holder.startswith(_ABSENT):
+                if int(holder[1:]) == self.fill_token(key):
+                    return default  # absent in Redis, and not written since
+                _Engine.delete(self, lease)
+                return _MISS
+            if not _alive(int(holder)) or time.monotonic() >= deadline:
+                return _MISS  # the lease dies with its owner
+            waited = True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+    def _read_unvouched(self, key: Any, default: Any) -> Any:
+        """No tracker vouches for the near tier: Redis answers, nothing is
+        filled (it could not be vouched for either)."""
+        try:
+            data, _ = self._fetch(key)
+        except FarUnavailable:
+            return self._read_stale(key, default)
+        self._add_word(words.FAR_HITS if data is not None else words.FAR_MISSES)
+        return default if data is None else encoding.decode(self._codec_obj, data)
+
+    def _read_stale(self, key: Any, default: Any) -> Any:
+        """Redis is down. With on_down="stale", a near entry may stand in for
+        max_stale seconds after the last vouch; otherwise FarUnavailable."""
+        if self.far.on_down == "stale":
+            vouched = self._word(words.LAST_VOUCH_NS)
+            if vouched and time.monotonic_ns() < vouched + int(self.far.max_stale * 1e9):
+                value = self.get_ungated(key, _MISS)
+                if value is not _MISS:
+                    self._add_word(words.STALE_SERVED)
+                    return value
+                return default
+        raise FarUnavailable(
+            f"near cache {self.name!r}: Redis is unavailable and the near tier cannot vouch "
+            f"for {key!r}",
+            context={"key": repr(key), "on_down": self.far.on_down},
+        )
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISS)
+        if value is _MISS:
+            raise KeyNotFound(key)
+        return value
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key, _MISS) is not _MISS
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """Near hits, then one MGET for the rest (filled with tokens)."""
+        keys = list(keys)
+        out = {}
+        missing = []
+        for key in keys:
+            value = self.peek(key, _MISS)
+            if value is _MISS:
+                missing.append(key)
+            else:
+                out[key] = value
+        if not missing:
+            return out
+        vouched = self.gate_open
+        tokens = [self.fill_token(k) for k in missing]
+        try:
+            datas = self._client.fetch_many(missing)
+        except FarUnavailable:
+            self._add_word(words.FAR_ERRORS)
+            for key in missing:
+                value = self._read_stale(key, _MISS)
+                if value is not _MISS:
+                    out[key] = value
+            return out
+        for key, token, data in zip(missing, tokens, datas, strict=True):
+            if data is None:
+                self._add_word(words.FAR_MISSES)
+                continue
+            self._add_word(words.FAR_HITS)
+            value = out[key] = encoding.decode(self._codec_obj, data)
+            # MGET has no TTLs: the fill takes the cache's default TTL.
+            if vouched:
+                self._add_word(words.FILLS if self.fill(key, value, token) else words.FILLS_DROPPED)
+        return out
+
+    def keys(self, prefix: Any = None) -> list[Any]:  # type: ignore[override]
+        """The near tier's live keys (Redis may hold more)."""
+        return [k for k in super().keys(prefix) if not (type(k) is bytes and k.startswith(_LEASE))]
+
+    # ---- writes: Redis first, then every near copy of this machine dies -------
+
+    def _written(self, key: Any) -> None:
+        self._add_word(words.FAR_WRITES)
+        self.invalidate(key)
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """SET in Redis, then kill the near copies (the next read fills)."""
+        self._check_key(key)
+        self._client.set(key, encoding.encode(self._codec_obj, value), ttl)
+        self._written(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.set(key, value)
+
+    def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """SET NX in Redis: True for exactly one caller in the whole fleet."""
+        self._check_key(key)
+        stored = self._client.set(key, encoding.encode(self._codec_obj, value), ttl, nx=True)
+        if stored:
+            self._written(key)
+        return stored
+
+    def replace(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """SET XX in Redis: True if the key existed."""
+        self._check_key(key)
+        stored = self._client.set(key, encoding.encode(self._codec_obj, value), ttl, xx=True)
+        if stored:
+            self._written(key)
+        return stored
+
+    def delete(self, key: Any) -> bool:
+        """DEL in Redis; True if it existed there."""
+        self._check_key(key)
+        existed = self._client.delete([key]) > 0
+        self._written(key)
+        return existed
+
+    def __delitem__(self, key: Any) -> None:
+        if not self.delete(key):
+            raise KeyNotFound(key)
+
+    def pop(self, key: Any, default: Any = _MISS) -> Any:
+        """GETDEL in Redis."""
+        self._check_key(key)
+        data = self._client.pop(key)
+        self._written(key)
+        if data is None:
+            if default is _MISS:
+                raise KeyNotFound(key)
+            return default
+        return encoding.decode(self._codec_obj, data)
+
+    def touch(self, key: Any, ttl: float | None = None) -> bool:
+        """PEXPIRE in Redis (the near copy is dropped: its expiry was Redis's)."""
+        self._check_key(key)
+        found = self._client.touch(key, ttl)
+        self._written(key)
+        return found
+
+    def incr(
+        self, key: Any, delta: int = 1, *, default: int | None = None, ttl: float | None = None
+    ) -> int:
+        """Redis's INCRBY: atomic across the fleet."""
+        self._check_key(key)
+        d = self._counter_check(delta, "delta")
+        start = None if default is None else self._counter_check(default, "default")
+        result = self._client.incr(key, d, start, ttl)
+        self._written(key)
+        if result is None:
+            raise KeyNotFound(key)
+        return result
+
+    def decr(
+        self, key: Any, delta: int = 1, *, default: int | None = None, ttl: float | None = None
+    ) -> int:
+        """incr(key, -delta)."""
+        return self.incr(key, -self._counter_check(delta, "delta"), default=default, ttl=ttl)
+
+    def set_many(self, mapping: Any, ttl: float | None = None) -> None:
+        """Pipelined SETs; every key checked and every value encoded first."""
+        pairs = list(mapping.items() if hasattr(mapping, "items") else mapping)
+        for key, _ in pairs:
+            self._check_key(key)
+        items = [(k, encoding.encode(self._codec_obj, v)) for k, v in pairs]
+        self._client.set_many(items, ttl)
+        for key, _ in pairs:
+            self._written(key)
+
+    def delete_many(self, keys: Iterable[Any]) -> int:
+        """DEL of every key; how many existed in Redis."""
+        keys = list(keys)
+        for key in keys:
+            self._check_key(key)
+        n = self._client.delete(keys)
+        for key in keys:
+            self._written(key)
+        return n
+
+    def clear(self) -> None:
+        """Empty this machine's near tier (one generation bump). Redis is
+        not touched: flushing the source of truth is not a cache's call."""
+        self.invalidate_all()
+
+    # ---- helpers --------------------------------------------------------------
+
+    def _check_key(self, key: Any) -> None:
+        # The engine's rules (type, size) before Redis sees the key.
+        self.fill_token(key)
+
+    def _counter_check(self, value: Any, name: str) -> int:
+        from metis_shm.errors import CounterOverflow, InvalidArgument
+
+        if type(value) is bool or not isinstance(value, int):
+            raise InvalidArgument(
+                f"{name} must be an int, not {type(value).__name__} ({value!r})",
+                context={"argument": name, "value": repr(value)},
+            )
+        if not -(1 << 63) <= value < (1 << 63):
+            raise CounterOverflow(f"{name} {value} is outside the signed 64-bit range")
+        return value
+
+    def far_stats(self) -> dict[str, Any]:
+        """The far tier's counters and the tracker's state, for this machine."""
+        out: dict[str, Any] = {name: self._word(i) for name, i in words.COUNTERS.items()}
+        state = self._word(words.TRACKER_STATE)
+        out["tracker_state"] = (
+            words.TRACKER_STATES[state] if state < len(words.TRACKER_STATES) else str(state)
+        )
+        out["tracker_pid"] = self._word(words.TRACKER_PID)
+        out["generation"] = self.generation
+        out["gate_open"] = self.gate_open
+        until = self.vouch_until_ns
+        out["vouched_for_s"] = max(0.0, (until - time.monotonic_ns()) / 1e9) if until else 0.0
+        return out
+
+    def close(self) -> None:
+        """Detach this process and close its Redis connections."""
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+        super().close()
+
+
+def _lease_key(key: Any) -> bytes:
+    if isinstance(key, str):
+        return _LEASE + b"s" + key.encode()
+    return _LEASE + b"b" + bytes(key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
