@@ -38,6 +38,7 @@ from metis_shm.cli.common import (
     jsonable,
     open_existing,
 )
+from metis_shm.far.report import far_report
 from metis_shm.stats import Stats
 from metis_shm.units import format_size
 
@@ -299,6 +300,7 @@ def render_top(
     width: int = 80,
     daemon: bool = False,
     quit_hint: bool = True,
+    far: dict[str, Any] | None = None,
 ) -> str:
     """One frame of `metis top`: rates are the change from ``before`` over
     ``seconds``; ``quit_hint``: end with the line saying how to quit (the live
@@ -329,6 +331,7 @@ def render_top(
         f"expirations {now.expirations:,}   deletes {now.deletes:,}",
         f"memory {format_size(now.bytes_used)} / {format_size(now.capacity)} ({used:.1%})   "
         f"fragmentation {now.fragmentation:.1%}   lock waits {now.lock_waits:,}",
+        *_far_lines(far),
         "",
         f"{'shard':>5} {'items':>9} {'used':>10} {'free':>10} {'evict':>8}  memory used",
     ]
@@ -346,6 +349,28 @@ def render_top(
     return "\n".join(line[:width] for line in lines)
 
 
+def _far_lines(far: dict[str, Any] | None) -> list[str]:
+    """A near cache's far-tier lines of `metis top` (none for a plain cache)."""
+    if far is None:
+        return []
+    gate = (
+        f"serving (vouched {far['vouched_for_seconds']:.2f} s)"
+        if far["gate_open"]
+        else "NOT serving"
+    )
+    return [
+        f"far tier: tracker {far['tracker_state']}, near tier {gate}, generation "
+        f"{far['generation']:,}",
+        f"far hits {far['far_hits']:,}  far misses {far['far_misses']:,}  fills {far['fills']:,} "
+        f"(dropped by the race {far['fills_dropped']:,})  invalidations "
+        f"{far['invalidations']:,}  reconnects {far['reconnects']:,}",
+    ]
+
+
+def _far_of(cache: Cache) -> dict[str, Any] | None:
+    return far_report(cache) if cache.gated else None
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval: {args.interval} is not a positive number of seconds")
@@ -354,8 +379,17 @@ def _cmd_top(args: argparse.Namespace) -> int:
             before = cache.stats()
             time.sleep(args.interval)
             width = shutil.get_terminal_size((100, 24)).columns
-            print(render_top(cache.stats(), before, args.interval, width=width,
-                             daemon=cache.daemon_alive, quit_hint=False))  # fmt: skip
+            print(
+                render_top(
+                    cache.stats(),
+                    before,
+                    args.interval,
+                    width=width,
+                    daemon=cache.daemon_alive,
+                    quit_hint=False,
+                    far=_far_of(cache),
+                )
+            )
             return EXIT_OK
         if not sys.stdout.isatty():
             return _plain_loop(cache, args.interval)
@@ -373,8 +407,15 @@ def _plain_loop(cache: Cache, interval: float) -> int:
             now = cache.stats()
             t_now = time.monotonic()
             width = shutil.get_terminal_size((100, 24)).columns
-            frame = render_top(now, before, t_now - t_before, width=width,
-                               daemon=cache.daemon_alive, quit_hint=False)  # fmt: skip
+            frame = render_top(
+                now,
+                before,
+                t_now - t_before,
+                width=width,
+                daemon=cache.daemon_alive,
+                quit_hint=False,
+                far=_far_of(cache),
+            )
             sys.stdout.write(("" if first else "\n") + frame + "\n")
             sys.stdout.flush()
             first = False
@@ -437,8 +478,15 @@ def _top_loop(cache: Cache, interval: float) -> int:
             now = cache.stats()
             t_now = time.monotonic()
             width = shutil.get_terminal_size((100, 24)).columns
-            frame = render_top(now, before, t_now - t_before, width=width,
-                               daemon=cache.daemon_alive, quit_hint=tty_in)  # fmt: skip
+            frame = render_top(
+                now,
+                before,
+                t_now - t_before,
+                width=width,
+                daemon=cache.daemon_alive,
+                quit_hint=tty_in,
+                far=_far_of(cache),
+            )
             out.write(_CLEAR + frame.replace("\n", "\r\n" if tty_in else "\n") + "\n")
             out.flush()
             before, t_before = now, t_now

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from metis_shm.cache import Cache
 from metis_shm.errors import MetisError
+from metis_shm.far import report as _far_report
 from metis_shm.stats import ShardStats, Stats
 
 if TYPE_CHECKING:
@@ -115,6 +116,18 @@ METRICS: tuple[MetricSpec, ...] = (
                "the largest free block.", "fragmentation"),
 )  # fmt: skip
 
+# A near cache's far tier (metis_shm/far/report.py): one point per cache.
+FAR_METRICS: tuple[MetricSpec, ...] = tuple(
+    MetricSpec(
+        f"metis.far.{key}",
+        "counter" if kind == "counter" else "gauge",
+        "{operation}" if kind == "counter" else "1",
+        help_text,
+        key,
+    )
+    for key, _, kind, help_text in _far_report.FAR_METRICS
+)
+
 
 class _Source:
     """One instrumented cache: reads its stats once per collection."""
@@ -142,6 +155,13 @@ class _Source:
             return self._stats
 
     def points(self, spec: MetricSpec) -> Iterator[tuple[float, dict[str, Any]]]:
+        if spec.name.startswith("metis.far."):
+            try:
+                if self.cache.gated:
+                    yield float(_far_report.far_report(self.cache)[spec.field]), self.attributes
+            except (MetisError, OSError):
+                pass
+            return
         stats = self.stats_for(spec.name)
         if stats is None:
             return
@@ -188,7 +208,7 @@ class _Registry:
 
             return callback
 
-        for spec in METRICS:
+        for spec in METRICS + FAR_METRICS:
             makers[spec.kind](
                 spec.name, callbacks=[callback_for(spec)], unit=spec.unit,
                 description=spec.description,

@@ -362,7 +362,24 @@ def render_metrics(caches: Mapping[str, Stats], daemon: Mapping[str, Any] | None
         families.append(fam)
     if daemon is not None:
         families.extend(_daemon_families(daemon))
+        families.extend(_far_families(daemon))
     return format_families(families)
+
+
+def _far_families(daemon: Mapping[str, Any]) -> list[Family]:
+    """The far tier's metrics of the near caches (metis_shm/far/report.py)."""
+    from metis_shm.far.report import FAR_METRICS
+
+    fars = {n: c["far"] for n, c in daemon.get("caches", {}).items() if c.get("far")}
+    families = []
+    for key, metric, kind, help_text in FAR_METRICS:
+        fam = Family(metric, kind, help_text)
+        for name, far in fars.items():
+            value = _metric_value(far.get(key))
+            if value is not None:
+                fam.add(value, cache=name)
+        families.append(fam)
+    return families
 
 
 def _daemon_families(daemon: Mapping[str, Any]) -> list[Family]:

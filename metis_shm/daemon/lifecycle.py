@@ -41,6 +41,7 @@ from metis_shm import _engine, segment
 from metis_shm.cache import Cache, _setting_name, _settings
 from metis_shm.daemon import audit
 from metis_shm.daemon.config import CacheConfig
+from metis_shm.daemon.far import FarTracking
 from metis_shm.daemon.health import HealthServer
 from metis_shm.daemon.maintenance import Maintenance
 from metis_shm.daemon.reload import ConfigReload
@@ -162,7 +163,7 @@ def _destroy_for_replace(name: str, reason: str) -> None:
 # ---- the daemon ------------------------------------------------------------------
 
 
-class Daemon(Maintenance, SnapshotSchedule, ConfigReload, StatusReports):
+class Daemon(Maintenance, SnapshotSchedule, ConfigReload, StatusReports, FarTracking):
     """One metisd: its configuration, caches, loop and endpoints."""
 
     # ---- signals -------------------------------------------------------------
@@ -295,6 +296,7 @@ class Daemon(Maintenance, SnapshotSchedule, ConfigReload, StatusReports):
         managed.counters.opened_at = time.time()
         self.caches[name] = managed
         self._heartbeat(managed)
+        self.start_tracker(managed)
         if how == "attached":
             log.info(
                 "cache %r: re-attached to the existing segment (%s items, %s, %d shards, %s)",
@@ -436,6 +438,8 @@ class Daemon(Maintenance, SnapshotSchedule, ConfigReload, StatusReports):
         with self._access:
             self._detached = True
             for managed in self.caches.values():
+                with contextlib.suppress(Exception):
+                    self.stop_tracker(managed)
                 with contextlib.suppress(Exception):
                     if managed.cache.settings.get("daemon_pid") == self.pid:
                         managed.cache._set_daemon(0, 0)

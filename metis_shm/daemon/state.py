@@ -115,6 +115,7 @@ class Managed:
     recoveries_base: int | None = None
     problem: str | None = None  # set by the roll-up: why /healthz fails
     error_logged: dict[str, float] = field(default_factory=dict)
+    tracker: Any = None  # metis_shm.far.tracker.Tracker of a near cache (daemon/far.py)
 
     @property
     def name(self) -> str:

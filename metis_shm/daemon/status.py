@@ -24,6 +24,7 @@ import msgspec
 from metis_shm import __version__, segment
 from metis_shm.daemon.health import render_metrics
 from metis_shm.daemon.state import DaemonState
+from metis_shm.far.report import far_report
 from metis_shm.stats import Stats
 
 STALL_SECONDS = 10.0  # a loop silent for max(this, 5 intervals) makes /healthz fail
@@ -64,10 +65,24 @@ class StatusReports(DaemonState):
                 name: {
                     **m.counters.to_dict(),
                     "stale_processes": list(self.stale_processes.get(name, [])),
+                    **({"far": self._far_section(m)} if m.config.far is not None else {}),
                 }
                 for name, m in list(self.caches.items())
             },
         }
+
+    def _far_section(self, managed: Any) -> dict[str, Any]:
+        """A near cache's far-tier numbers (metis_shm/far/report.py)."""
+        with self._access:
+            if self._detached:
+                return {}
+            out = far_report(managed.cache)
+        tracker = managed.tracker
+        if tracker is not None:
+            t = tracker.stats()
+            out["last_error"] = t.get("last_error")
+            out["connected_since"] = t.get("connected_since")
+        return out
 
     def _fresh_stats(self) -> dict[str, Stats]:
         out: dict[str, Stats] = {}

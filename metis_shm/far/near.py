@@ -25,6 +25,7 @@ from metis_shm.cache import Cache
 from metis_shm.errors import FarUnavailable, KeyNotFound
 from metis_shm.far import encoding, words
 from metis_shm.far.client import FarClient
+from metis_shm.far.report import far_report
 from metis_shm.far.settings import FarSettings
 
 log = logging.getLogger("metis_shm.far")
@@ -54,7 +55,7 @@ class NearCache(Cache):
         self.far = FarSettings.build(far)
         super().__init__(name, *args, **kwargs)
         self._client = FarClient(self.far)
-        self._pid = os.getpid()
+        self._max_key_size = int(self.settings["max_key_size"])
         self._set_gated(True)
         self._set_read_through(True)
         if self._word(words.TRACKER_STATE) == 0:
@@ -73,7 +74,9 @@ class NearCache(Cache):
             return self._read_unvouched(key, default)
         lease = _lease_key(key)
         token = self.fill_token(key)
-        if not _Engine.add(self, lease, b"%d" % os.getpid(), ttl=self.far.lease_timeout):
+        if len(lease) > self._max_key_size:
+            lease = b""  # a key near max_key_size: no room for its lease key
+        elif not _Engine.add(self, lease, b"%d" % os.getpid(), ttl=self.far.lease_timeout):
             got = self._wait_for_fill(key, lease, default)
             if got is not _MISS:
                 return got
@@ -335,18 +338,9 @@ class NearCache(Cache):
         return value
 
     def far_stats(self) -> dict[str, Any]:
-        """The far tier's counters and the tracker's state, for this machine."""
-        out: dict[str, Any] = {name: self._word(i) for name, i in words.COUNTERS.items()}
-        state = self._word(words.TRACKER_STATE)
-        out["tracker_state"] = (
-            words.TRACKER_STATES[state] if state < len(words.TRACKER_STATES) else str(state)
-        )
-        out["tracker_pid"] = self._word(words.TRACKER_PID)
-        out["generation"] = self.generation
-        out["gate_open"] = self.gate_open
-        until = self.vouch_until_ns
-        out["vouched_for_s"] = max(0.0, (until - time.monotonic_ns()) / 1e9) if until else 0.0
-        return out
+        """The far tier's counters and the tracker's state, for this machine
+        (metis_shm/far/report.py)."""
+        return far_report(self)
 
     def close(self) -> None:
         """Detach this process and close its Redis connections."""

@@ -52,6 +52,8 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table (a cache's far table)
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -84,9 +84,12 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_owners: list[str | int] = msgspec.field(default_factory=list)
     """Users (names or uids) whose existing segment metisd attaches to, besides itself and root."""
     allow_foreign_owner: bool = False
+    far: dict[str, Any] | None = None
+    """The far tier (docs/far-tier.md): a table of metis_shm.far.FarSettings fields."""
 
     def __post_init__(self) -> None:
         _apply_rules(self, CACHE_RULES)
+
         try:
             _check_cache(msgspec.structs.asdict(self))
         except _Reject as exc:
@@ -97,6 +100,7 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """The keyword arguments of ``metis_shm.Cache(self.name, **kwargs)``."""
         kwargs = msgspec.structs.asdict(self)
         del kwargs["name"]
+        del kwargs["far"]  # metisd opens the segment, the tracker is daemon/far.py's
         return kwargs
 
 

@@ -14,6 +14,7 @@ to what it read; origins.py turns a rejection into an ``InvalidConfig``.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -251,6 +252,23 @@ def _address(value: Any) -> str:
     return value.strip()
 
 
+def _far(value: Any) -> dict[str, Any]:
+    """The far tier: a table of FarSettings fields, or a redis:// URL (as
+    METIS_CACHE_FAR gives it; a JSON object there is a whole table)."""
+    from metis_shm.far.settings import FarSettings
+
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("{") else {"url": text}
+    if not isinstance(value, dict):
+        raise _Reject("a redis:// URL or a table such as { url = 'redis://host:6379/0' }")
+    try:
+        FarSettings.build(value)
+    except InvalidConfig as exc:
+        raise _Reject(str(exc).split("] ", 1)[-1]) from None
+    return dict(value)
+
+
 CACHE_RULES: dict[str, Rule] = {
     "name": _cache_name,
     "capacity": _size(1, 2**63, "a size of at least 4 KiB per shard"),
@@ -266,6 +284,7 @@ CACHE_RULES: dict[str, Rule] = {
     "group": _optional(_group),
     "trusted_owners": _owners,
     "allow_foreign_owner": _boolean,
+    "far": _optional(_far),
 }
 SWEEP_RULES: dict[str, Rule] = {
     "interval": _duration(positive=True, allowed="a positive duration such as '1s' or '250ms'"),

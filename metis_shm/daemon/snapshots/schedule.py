@@ -53,6 +53,11 @@ class SnapshotSchedule(DaemonState):
         snap = self.config.snapshot
         if not snap.enabled:
             return
+        if managed.config.far is not None:
+            # A near tier is Redis's copy: restored items could not be
+            # vouched for (the tracker's first generation bump kills them).
+            log.info("cache %r: a near tier of Redis; no warm-up from snapshots", managed.name)
+            return
         name = managed.name
         managed.warm = False
         self.state = "warming_up"
@@ -162,7 +167,7 @@ class SnapshotSchedule(DaemonState):
         ``progress(name, done, total)`` as each is written. On demand
         (``trigger`` set), each goes to the audit log."""
         for managed in list(self.caches.values()):
-            if managed.warm:
+            if managed.warm and managed.config.far is None:  # a near tier is not persisted
                 ok = self.snapshot(managed, progress)
                 if trigger:
                     c = managed.counters
