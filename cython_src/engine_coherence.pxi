@@ -134,6 +134,10 @@ cdef class _Coherent(_Writer):
     def _set_word(self, uint32_t i, uint64_t v):
         metis_store_release_u64(self._word_at(i), v)
 
+    def _cas_word(self, uint32_t i, uint64_t expected, uint64_t desired):
+        """Atomic compare-and-swap; True if the word was `expected`."""
+        return metis_cas_u64(self._word_at(i), expected, desired)
+
     def _add_word(self, uint32_t i, uint64_t n=1):
         """Atomic add; returns the new value."""
         return metis_fetch_add_acq_rel_u64(self._word_at(i), n) + n

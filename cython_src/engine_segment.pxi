@@ -62,7 +62,8 @@ cdef class _Segment:
         cdef SegmentHeader *h = self._hdr
         cdef uint32_t i
         cdef ShardHeader *sh
-        if sizeof(ShardHeader) != SHARD_HEADER_SIZE or sizeof(Item) != ITEM_HEADER_SIZE:
+        if sizeof(ShardHeader) != SHARD_HEADER_SIZE or sizeof(Item) != ITEM_HEADER_SIZE or \
+                COHERENCE_OFFSET + sizeof(Coherence) > HEADER_SIZE:
             raise AssertionError("layout structs do not have their declared sizes")
         cdef SegmentHeader fresh
         fields = {name: 0 for name in _HEADER_FIELDS}

@@ -14,7 +14,7 @@ cdef enum:
     LAYOUT_VERSION = 3
     HEADER_SIZE = 4096
     COHERENCE_OFFSET = 2048  # the Coherence block, inside the header page
-    COHERENCE_WORDS = 24
+    COHERENCE_WORDS = 216  # 24 counters and states, 192 slots (metis_shm/far/words.py)
     SHARD_HEADER_SIZE = 1024
     ITEM_HEADER_SIZE = 56
     MIN_BLOCK = 64
@@ -106,7 +106,7 @@ cdef struct Coherence:
     uint32_t _pad0
     uint64_t _pad_line[5]
     # The package's words (atomics the engine never interprets).
-    uint64_t words[24]
+    uint64_t words[216]
 
 cdef struct PolicyList:
     uint32_t head           # newest

@@ -145,7 +145,7 @@ def test_coherence_words_are_shared_atomics(cache: Cache, cache_name: str) -> No
         assert other._add_word(3) == 42
         assert cache._word(3) == 42
         with pytest.raises(IndexError):
-            cache._word(24)
+            cache._word(216)
     finally:
         other.close()
 

@@ -43,6 +43,10 @@ static inline uint64_t metis_fetch_add_acq_rel_u64(uint64_t *p, uint64_t v) {
 static inline uint32_t metis_fetch_add_acq_rel_u32(uint32_t *p, uint32_t v) {
     return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
 }
+static inline int metis_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
 static inline uint32_t metis_load_acquire_u32(const uint32_t *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }

@@ -15,6 +15,7 @@ cdef extern from "metis_sync.h" nogil:
     void metis_store_release_u32(uint32_t *p, uint32_t v)
     void metis_store_relaxed_u32(uint32_t *p, uint32_t v)
     bint metis_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
+    bint metis_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
     uint8_t metis_load_relaxed_u8(const uint8_t *p)
     void metis_store_relaxed_u8(uint8_t *p, uint8_t v)
     void metis_fetch_or_u8(uint8_t *p, uint8_t bits)

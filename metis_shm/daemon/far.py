@@ -42,6 +42,9 @@ class FarTracking(DaemonState):
             staleness_bound=far.staleness_bound,
             cluster=far.cluster,
             connect_timeout=far.timeout,
+            # Serve-stale needs the entries a loss would kill; nothing is
+            # served unvouched anyway, and a resubscription always bumps.
+            bump_on_loss=far.on_down != "stale",
             name=f"metis-tracker-{managed.name}",
         )
         managed.tracker.start()

@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 MAX_BULK: Final = 512 * 1024 * 1024  # Redis's own proto-max-bulk-len default
 MAX_LINE: Final = 64 * 1024  # headers and simple strings; Redis's are short
 MAX_COUNT: Final = 1 << 32
-MAX_DEPTH: Final = 64  # Redis nests three deep at most (CLUSTER SHARDS)
+MAX_DEPTH: Final = 64  # Redis nests four deep at most (CLUSTER SHARDS)
 MAX_REPLY: Final = MAX_BULK + MAX_LINE
 RECV_SIZE: Final = 64 * 1024
 
@@ -186,7 +186,7 @@ def _value(buf: bytes | bytearray, pos: int, depth: int) -> tuple[Any, int]:
             return {_hashable(i) for i in items}, pos
         if kind == ord("%"):
             return {_hashable(k): v for k, v in zip(items[::2], items[1::2], strict=True)}, pos
-        return _value(buf, pos, depth)  # "|": attributes describe the value that follows
+        return _value(buf, pos, depth + 1)  # "|": attributes describe the value that follows
     raise RespProtocolError(f"unknown RESP type byte {bytes([kind])!r}")
 
 

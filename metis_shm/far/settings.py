@@ -139,5 +139,7 @@ def _check_url(url: object) -> None:
     ok = isinstance(url, str)
     if isinstance(url, str):
         parts = urlsplit(url)
-        ok = parts.scheme in ("redis", "rediss", "unix") and bool(parts.hostname or parts.path)
-    _check(ok, "url", url, "redis://[[user]:password@]host[:port][/db]")
+        ok = parts.scheme == "redis" and bool(parts.hostname)
+    _check(
+        ok, "url", url, "redis://[[user]:password@]host[:port][/db] (TLS and unix sockets: not yet)"
+    )

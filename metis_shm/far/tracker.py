@@ -23,7 +23,9 @@ connection receives them only as messages of the Pub/Sub channel
 silently. A RESP2 connection may ``REDIRECT`` to itself, so one connection is
 enough in both protocols. A FLUSHALL/FLUSHDB is an invalidation with a null
 key list, written in the protocol of the client being tracked (``$-1`` or
-``_``), not the receiver's.
+``_``), not the receiver's. In default mode Redis files what a connection
+read under that connection's id: once it closes, those keys' invalidations
+are never sent, to anyone.
 
 Why it is coherent, in the order each subscription runs:
 
@@ -129,6 +131,8 @@ class Tracker:
     as lost. ``cluster=True`` tracks every primary of the cluster ``url``
     belongs to (broadcast mode only), re-reading the topology every
     ``topology_interval`` (default: half the staleness bound).
+    ``bump_on_loss=False`` keeps the near entries when the subscription is
+    lost (unvouched, not served; for a bounded serve-stale mode).
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Tracker:
         connect_timeout: float = 1.0,
         topology_interval: float | None = None,
         name: str = "metis-tracker",
+        bump_on_loss: bool = True,
     ) -> None:
         topology_interval = staleness_bound / 2 if topology_interval is None else topology_interval
         self.address = parse_url(url)
@@ -166,6 +171,7 @@ class Tracker:
         self.protocol = protocol
         self.cluster = cluster
         self.name = name
+        self.bump_on_loss = bump_on_loss
         self._target = target
         self._ping_ns = int(ping_interval * 1e9)
         self._bound_ns = int(staleness_bound * 1e9)
@@ -459,11 +465,10 @@ class Tracker:
             self._live = False
             # Stop serving first: each later step may fail, and whatever
             # fails, the near tier must not be served on a dead subscription.
-            for step in (
-                self._target.unvouch,
-                self._bump,
-                lambda: self._target.publish_tracker(0),
-            ):
+            # The bump is belt and braces (a resubscription bumps before it
+            # vouches again); without it, on_down="stale" can serve what it had.
+            bump = self._bump if self.bump_on_loss else (lambda: None)
+            for step in (self._target.unvouch, bump, lambda: self._target.publish_tracker(0)):
                 try:
                     step()
                 except Exception:

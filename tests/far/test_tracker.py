@@ -1,0 +1,664 @@
+"""The far tier's tracker (metis_shm/far/tracker.py) and its RESP connection (resp.py).
+
+The parser tests need no server. The others (``integration``) run a real
+redis-server (tests/far/conftest.py) and a ``Recorder`` in place of the near
+tier, and check what the tracker calls and in which order: invalidations with
+the prefix stripped, the generation bump after each subscription and flush,
+vouches a staleness bound ahead, and unvouching at once when Redis dies,
+stops answering or the subscription is lost otherwise. Every wait is a poll
+with a deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis_servers import RedisCluster, RedisServer
+
+from metis_shm.far.resp import (
+    MAX_DEPTH,
+    MAX_LINE,
+    Push,
+    RespConnection,
+    RespError,
+    RespProtocolError,
+    encode,
+    parse,
+    parse_url,
+)
+from metis_shm.far.tracker import Tracker
+
+WAIT_S = 5.0  # how long any expected call may take to show up
+
+
+class Recorder:
+    """A NearTarget that records every call, with the monotonic time it came."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, int]] = []
+        self._cond = threading.Condition()
+
+    def _add(self, what: str, arg: Any = None) -> None:
+        with self._cond:
+            self.calls.append((what, arg, time.monotonic_ns()))
+            self._cond.notify_all()
+
+    def invalidate(self, key: bytes) -> None:
+        self._add("invalidate", key)
+
+    def invalidate_all(self) -> None:
+        self._add("invalidate_all")
+
+    def vouch(self, until_monotonic_ns: int) -> None:
+        self._add("vouch", until_monotonic_ns)
+
+    def unvouch(self) -> None:
+        self._add("unvouch")
+
+    def publish_tracker(self, client_id: int) -> None:
+        self._add("publish_tracker", client_id)
+
+    def snapshot(self) -> list[tuple[str, Any, int]]:
+        with self._cond:
+            return list(self.calls)
+
+    def mark(self) -> int:
+        """An index: ``since(mark)`` is what came after."""
+        with self._cond:
+            return len(self.calls)
+
+    def since(self, start: int, what: str | None = None) -> list[tuple[str, Any, int]]:
+        return [c for c in self.snapshot()[start:] if what is None or c[0] == what]
+
+    def keys(self, start: int = 0) -> list[bytes]:
+        return [c[1] for c in self.since(start, "invalidate")]
+
+    def wait(self, ok: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not ok():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    calls = [(c[0], c[1]) for c in self.calls[-30:]]
+                    raise AssertionError(f"timed out waiting for {what}; last calls: {calls}")
+                self._cond.wait(min(left, 0.05))  # also re-checks state that is not a call
+
+    def wait_call(self, start: int, what: str, arg: Any = ..., timeout: float = WAIT_S) -> None:
+        self.wait(
+            lambda: any(c[0] == what and arg in (..., c[1]) for c in self.calls[start:]),
+            f"{what}({'' if arg is ... else arg!r}) after call #{start}",
+            timeout,
+        )
+
+
+@pytest.fixture
+def trackers() -> Iterator[Callable[..., tuple[Tracker, Recorder]]]:
+    """``trackers(url, **kwargs)`` starts a Tracker on a new Recorder; all stopped at teardown."""
+    made: list[Tracker] = []
+
+    def make(url: str, *, start: bool = True, **kwargs: Any) -> tuple[Tracker, Recorder]:
+        rec = Recorder()
+        kwargs.setdefault("name", "metis-test-tracker")
+        tracker = Tracker(rec, url, **kwargs)
+        made.append(tracker)
+        if start:
+            tracker.start()
+        return tracker, rec
+
+    yield make
+    for tracker in made:
+        tracker.stop()
+
+
+def subscribed(tracker: Tracker, rec: Recorder, start: int = 0) -> None:
+    """Wait until the tracker is subscribed and has vouched once (after call #start)."""
+    rec.wait(lambda: tracker.state == "subscribed", "state subscribed")
+    rec.wait_call(start, "vouch")
+
+
+def settle(rec: Recorder, client: Any, key: str) -> None:
+    """Write a marker key and wait for its invalidation: what was sent before is in."""
+    mark = rec.mark()
+    client.set(key, b"x")
+    rec.wait_call(mark, "invalidate", key.split(":", 1)[1].encode())
+
+
+# -- resp.py --------------------------------------------------------------------
+
+SAMPLES: list[tuple[bytes, Any]] = [
+    (b"+OK\r\n", "OK"),
+    (b":-42\r\n", -42),
+    (b"$5\r\nhe\r\no\r\n", b"he\r\no"),
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"_\r\n", None),
+    (b"*3\r\n:1\r\n$1\r\na\r\n*1\r\n+x\r\n", [1, b"a", ["x"]]),
+    (b"*0\r\n", []),
+    (b"%2\r\n$1\r\nk\r\n:1\r\n+s\r\n#t\r\n", {b"k": 1, "s": True}),
+    (b"~2\r\n:1\r\n$1\r\nb\r\n", {1, b"b"}),
+    (b"#f\r\n", False),
+    (b",3.25\r\n", 3.25),
+    (b",-inf\r\n", float("-inf")),
+    (b",1e3\r\n", 1000.0),
+    (
+        b"(3492890328409238509324850943850943825024385\r\n",
+        3492890328409238509324850943850943825024385,
+    ),
+    (b"=8\r\ntxt:some\r\n", b"some"),
+    (b"|1\r\n+ttl\r\n:3\r\n:7\r\n", 7),  # an attribute is dropped, the value kept
+    (b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nk:1\r\n", Push([b"invalidate", [b"k:1"]])),
+    (b">2\r\n$10\r\ninvalidate\r\n_\r\n", Push([b"invalidate", None])),
+]
+
+
+@pytest.mark.parametrize(("raw", "value"), SAMPLES)
+def test_parse_every_type(raw: bytes, value: Any) -> None:
+    got = parse(raw)
+    assert got == (value, len(raw))
+    assert type(got[0]) is type(value)
+    assert parse(raw + b"+next\r\n") == (value, len(raw))
+
+
+def test_parse_errors_top_level_and_nested() -> None:
+    got = parse(b"-ERR wrong\r\n")
+    assert got is not None and isinstance(got[0], RespError) and str(got[0]) == "ERR wrong"
+    got = parse(b"*2\r\n!7\r\nERR bad\r\n:1\r\n")
+    assert got is not None and isinstance(got[0][0], RespError) and got[0][1] == 1
+
+
+def pair() -> tuple[RespConnection, socket.socket]:
+    ours, theirs = socket.socketpair()
+    return RespConnection(ours, timeout=1.0), theirs
+
+
+def test_reply_split_at_every_byte_survives_timeouts() -> None:
+    stream = b"".join(raw for raw, _ in SAMPLES) + b"-ERR last\r\n"
+    values = [v for _, v in SAMPLES]
+    ends = [sum(len(raw) for raw, _ in SAMPLES[: i + 1]) for i in range(len(SAMPLES))]
+    for cut in range(1, len(stream)):
+        conn, peer = pair()
+        try:
+            got: list[Any] = []
+            peer.sendall(stream[:cut])
+            while True:  # what is complete comes out, the rest stays buffered
+                try:
+                    got.append(conn.read(0.0))
+                except TimeoutError:
+                    break
+            assert got == values[: sum(end <= cut for end in ends)]
+            peer.sendall(stream[cut:])
+            while len(got) < len(values):
+                got.append(conn.read(1.0))
+            assert got == values
+            with pytest.raises(RespError, match="ERR last"):
+                conn.read(1.0)
+        finally:
+            conn.close()
+            peer.close()
+
+
+def test_every_prefix_is_incomplete_not_an_error() -> None:
+    for raw, _ in SAMPLES:
+        for cut in range(len(raw)):
+            assert parse(raw[:cut]) is None, raw[:cut]
+
+
+MALFORMED = [
+    b"?what\r\n",
+    b":12a\r\n",
+    b":\r\n",
+    b": 1\r\n",
+    b"$-2\r\n",
+    b"$3\r\nabcd\r\n",
+    b"$99999999999\r\n",
+    b"*-2\r\n",
+    b"%-1\r\n",
+    b"#x\r\n",
+    b"_x\r\n",
+    b",1.2.3\r\n",
+    b",infinity\r\n",
+    b"=3\r\nabc\r\n",
+    b"(12x\r\n",
+    b"*1\r\n" * (MAX_DEPTH + 1) + b":1\r\n",
+    b"|0\r\n" * (MAX_DEPTH + 1) + b":1\r\n",  # attributes before attributes
+    b"+" + b"a" * (MAX_LINE + 10),
+    b"$3\r\n" + b"abc" + b"xy",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED, ids=lambda r: repr(r[:16]))
+def test_malformed_input_raises(raw: bytes) -> None:
+    with pytest.raises(RespProtocolError):
+        parse(raw)
+    conn, peer = pair()
+    try:
+        peer.sendall(raw)
+        with pytest.raises(RespProtocolError):
+            conn.read(1.0)
+    finally:
+        conn.close()
+        peer.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(max_size=64) | st.sampled_from([r for r, _ in SAMPLES]).map(lambda r: r[:-1] + b"x")
+)
+def test_any_bytes_parse_or_raise_the_protocol_error(raw: bytes) -> None:
+    try:
+        got = parse(raw)
+    except RespProtocolError:
+        return
+    assert got is None or 0 < got[1] <= len(raw)
+
+
+def test_eof_and_encode() -> None:
+    conn, peer = pair()
+    peer.sendall(b"$5\r\nab")
+    peer.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        conn.read(1.0)
+    conn.close()
+    assert (
+        encode("SET", b"k\r\n", 12, "é")
+        == b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n$2\r\n\xc3\xa9\r\n"
+    )
+    with pytest.raises(TypeError):
+        encode("SET", True)
+    with pytest.raises(ValueError):
+        encode()
+
+
+def test_parse_url() -> None:
+    a = parse_url("redis://us%40r:p%3Ass@example.org:6390/2")
+    assert (a.host, a.port, a.username, a.password, a.db) == (
+        "example.org",
+        6390,
+        "us@r",
+        "p:ss",
+        2,
+    )
+    a = parse_url("redis://:secret@127.0.0.1")
+    assert (a.port, a.username, a.password, a.db) == (6379, None, "secret", 0)
+    for bad in ("http://x", "redis://x/abc", "redis://user@x", "rediss://x"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+
+
+def test_tracker_refuses_bad_settings() -> None:
+    rec = Recorder()
+    with pytest.raises(ValueError, match="client ids are per node"):
+        Tracker(rec, "redis://127.0.0.1:1", mode="default", cluster=True)
+    with pytest.raises(ValueError):
+        Tracker(rec, "redis://127.0.0.1:1", ping_interval=1.0, staleness_bound=1.0)
+    with pytest.raises(ValueError):
+        Tracker(rec, "redis://127.0.0.1:1", protocol=4)
+    with pytest.raises(ValueError):
+        Tracker(rec, "redis://127.0.0.1:1/3", cluster=True)
+
+
+def test_backoff_when_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        rec = Recorder()
+        tracker = Tracker(rec, f"redis://127.0.0.1:{port}", connect_timeout=0.5)
+        pauses = [tracker.run_once() for _ in range(6)]
+        assert pauses == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
+        stats = tracker.stats()
+        assert tracker.state == "down" and stats["connect_failures"] == 6
+        assert stats["reconnects"] == 0 and "Connection" in stats["last_error"]
+        assert not rec.since(0, "vouch") and not rec.since(0, "invalidate_all")
+        tracker.stop()
+        assert tracker.state == "stopped" and rec.snapshot()[-2][0] == "unvouch"
+
+
+# -- against a real server -------------------------------------------------------
+
+Make = Callable[..., tuple[Tracker, Recorder]]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_broadcast_delivers_prefixed_keys(
+    redis_server: RedisServer, trackers: Make, protocol: int
+) -> None:
+    tracker, rec = trackers(redis_server.url, prefix="app:", protocol=protocol)
+    subscribed(tracker, rec)
+    first = rec.snapshot()
+    # Nothing filled before the subscription can be trusted: a bump before any vouch.
+    assert [c[0] for c in first].index("invalidate_all") < [c[0] for c in first].index("vouch")
+    r = redis_server.client()
+    mark = rec.mark()
+    r.set("app:k1", b"v")
+    r.set("other:k2", b"v")
+    r.mset({"app:k3": b"v", "app:k4": b"v"})
+    r.delete("app:k1")
+    settle(rec, r, "app:zz")
+    # In order: Redis queues a write's invalidation before it replies to the writer.
+    assert rec.keys(mark) == [b"k1", b"k3", b"k4", b"k1", b"zz"]
+    stats = tracker.stats()
+    assert stats["invalidations"] == 5 and stats["state"] == "subscribed"
+    assert len(stats["tracker_ids"]) == 1 and stats["connected_since"] is not None
+    assert rec.since(0, "publish_tracker") == []  # broadcast mode publishes no id
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("protocol", "worker_protocol"), [(3, 2), (3, 3), (2, 2), (2, 3)])
+def test_default_mode_redirected(
+    redis_server: RedisServer, trackers: Make, protocol: int, worker_protocol: int
+) -> None:
+    tracker, rec = trackers(redis_server.url, prefix="app:", mode="default", protocol=protocol)
+    subscribed(tracker, rec)
+    calls = [c[0] for c in rec.snapshot()]
+    # Published before the bump: a fill from before workers could redirect is refused.
+    assert calls.index("publish_tracker") < calls.index("invalidate_all") < calls.index("vouch")
+    (tid,) = [c[1] for c in rec.since(0, "publish_tracker")]
+    assert tid == tracker.stats()["tracker_ids"][0] and tid > 0
+    worker = redis_server.client(single_connection_client=True, protocol=worker_protocol)
+    assert worker.execute_command("CLIENT", "TRACKING", "ON", "REDIRECT", tid) in (
+        b"OK",
+        "OK",
+        True,
+    )
+    writer = redis_server.client()
+    writer.mset({"app:read": b"1", "app:unread": b"1", "zzz:read": b"1"})
+    worker.get("app:read")
+    worker.get("zzz:read")
+    mark = rec.mark()
+    writer.set("app:unread", b"2")  # nobody read it since: Redis sends nothing
+    writer.set("zzz:read", b"2")  # read, but outside the prefix: ignored
+    writer.set("app:read", b"2")
+    rec.wait_call(mark, "invalidate", b"read")
+    worker.get("app:read")
+    mark = rec.mark()
+    writer.flushall()
+    rec.wait_call(mark, "invalidate_all")
+    stats = tracker.stats()
+    assert rec.keys() == [b"read"] and stats["ignored"] == 1 and stats["flushes"] == 1
+    worker.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_flushall_bumps_the_generation(
+    redis_server: RedisServer, trackers: Make, protocol: int
+) -> None:
+    tracker, rec = trackers(redis_server.url, protocol=protocol)
+    subscribed(tracker, rec)
+    mark = rec.mark()
+    r = redis_server.client()
+    r.flushall()
+    rec.wait_call(mark, "invalidate_all")
+    r.set("k", b"v")
+    r.flushdb()
+    rec.wait(lambda: len(rec.since(mark, "invalidate_all")) == 2, "a second bump")
+    assert tracker.stats()["flushes"] == 2 and rec.keys(mark) == [b"k"]
+
+
+@pytest.mark.integration
+def test_vouches_grow_a_staleness_bound_ahead(redis_server: RedisServer, trackers: Make) -> None:
+    bound = 0.5
+    tracker, rec = trackers(redis_server.url, ping_interval=0.05, staleness_bound=bound)
+    subscribed(tracker, rec)
+    mark = rec.mark()
+    rec.wait(lambda: len(rec.since(mark, "vouch")) >= 8, "8 vouches")
+    vouches = rec.since(mark, "vouch")
+    deadlines = [c[1] for c in vouches]
+    assert deadlines == sorted(deadlines) and len(set(deadlines)) == len(deadlines)
+    for _, until, called in vouches:
+        ahead = (until - called) / 1e9
+        assert bound - 0.2 < ahead <= bound - 0.01, ahead
+    assert tracker.stats()["vouches"] >= 8
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_kill_unvouches_and_restart_resubscribes(
+    redis_server: RedisServer, trackers: Make, protocol: int
+) -> None:
+    tracker, rec = trackers(
+        redis_server.url, protocol=protocol, mode="default", ping_interval=0.05, staleness_bound=0.5
+    )
+    subscribed(tracker, rec)
+    old_id = tracker.stats()["tracker_ids"][0]
+    mark = rec.mark()
+    redis_server.kill()
+    rec.wait_call(mark, "unvouch", timeout=1.0)
+    calls = rec.since(mark)
+    names = [c[0] for c in calls]
+    assert names[:3] == ["unvouch", "invalidate_all", "publish_tracker"] and calls[2][1] == 0
+    rec.wait(lambda: tracker.state == "down", "state down")
+    assert tracker.stats()["reconnects"] == 1 and tracker.stats()["tracker_ids"] == []
+    mark = rec.mark()
+    redis_server.restart()
+    subscribed(tracker, rec, mark)
+    names = [c[0] for c in rec.since(mark)]
+    assert names.index("publish_tracker") < names.index("invalidate_all") < names.index("vouch")
+    new = tracker.stats()
+    assert new["reconnects"] == 1 and new["tracker_ids"] != [] and new["state"] == "subscribed"
+    assert rec.since(mark, "publish_tracker")[-1][1] == new["tracker_ids"][0] != 0
+    assert old_id > 0
+
+
+@pytest.mark.integration
+def test_sigstop_unvouches_within_the_bound(redis_server: RedisServer, trackers: Make) -> None:
+    bound = 0.5
+    tracker, rec = trackers(redis_server.url, ping_interval=0.05, staleness_bound=bound)
+    subscribed(tracker, rec)
+    mark = rec.mark()
+    stopped = time.monotonic_ns()
+    redis_server.stop()
+    try:
+        rec.wait_call(mark, "unvouch", timeout=bound + 1.0)
+        (unvouched,) = [c[2] for c in rec.since(mark, "unvouch")]
+        last_vouch = max([c[1] for c in rec.since(0, "vouch")])
+        # Lost within a ping interval (the last PING sent) plus the bound, and no
+        # vouch ever reached beyond the bound after the server stopped.
+        assert (unvouched - stopped) / 1e9 < bound + 0.05 + 0.2
+        assert (last_vouch - stopped) / 1e9 <= bound
+        assert "no PONG" in (tracker.stats()["last_error"] or "")
+    finally:
+        redis_server.cont()
+    mark = rec.mark()
+    subscribed(tracker, rec, mark)
+    assert tracker.stats()["reconnects"] == 1
+
+
+@pytest.mark.integration
+def test_loss_without_the_bump(redis_server: RedisServer, trackers: Make) -> None:
+    tracker, rec = trackers(redis_server.url, bump_on_loss=False)
+    subscribed(tracker, rec)
+    mark = rec.mark()
+    redis_server.kill()
+    rec.wait(lambda: tracker.state == "down", "state down")
+    assert [c[0] for c in rec.since(mark)] == ["unvouch", "publish_tracker"]
+    redis_server.restart()
+    subscribed(tracker, rec, mark)
+    names = [c[0] for c in rec.since(mark)]
+    assert names.index("invalidate_all") < names.index("vouch")  # the resubscription's bump
+
+
+@pytest.mark.integration
+def test_stop_unvouches(redis_server: RedisServer, trackers: Make) -> None:
+    tracker, rec = trackers(redis_server.url)
+    subscribed(tracker, rec)
+    tracker.stop()
+    assert [c[0] for c in rec.snapshot()[-2:]] == ["unvouch", "publish_tracker"]
+    assert tracker.state == "stopped"
+    r = redis_server.client()
+    mark = rec.mark()
+    r.set("k", b"v")
+    time.sleep(0.1)  # a bounded wait for nothing to happen
+    assert rec.since(mark) == []
+    tracker.stop()  # idempotent
+
+
+@pytest.mark.integration
+def test_run_once_without_a_thread(redis_server: RedisServer, trackers: Make) -> None:
+    tracker, rec = trackers(redis_server.url, prefix="p:", start=False)
+    deadline = time.monotonic() + WAIT_S
+    while not rec.since(0, "vouch"):
+        assert time.monotonic() < deadline, rec.snapshot()
+        assert tracker.run_once(max_wait=0.05) == 0.0
+    redis_server.client().set("p:x", b"1")
+    while not rec.keys():
+        assert time.monotonic() < deadline, rec.snapshot()
+        tracker.run_once(max_wait=0.05)
+    assert rec.keys() == [b"x"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_user_password_and_db(redis_server: RedisServer, trackers: Make, protocol: int) -> None:
+    admin = redis_server.client()
+    admin.acl_setuser("metis", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all"])  # fmt: skip
+    admin.config_set("requirepass", "rootpw")
+    admin.close()
+    url = f"redis://metis:pw@127.0.0.1:{redis_server.port}/2"
+    tracker, rec = trackers(url, prefix="a:", protocol=protocol)
+    subscribed(tracker, rec)
+    writer = redis_server.client(password="rootpw", db=2)
+    settle(rec, writer, "a:k")
+    writer.close()
+    bad, bad_rec = trackers(url.replace(":pw@", ":wrong@"), protocol=protocol)
+    bad_rec.wait(lambda: bad.stats()["connect_failures"] >= 1, "a refused login")
+    assert "WRONGPASS" in bad.stats()["last_error"] and bad.state in ("down", "connecting")
+    assert not bad_rec.since(0, "vouch")
+
+
+class Conns:
+    """RESP connections to one server, all closed on exit."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.opened: list[RespConnection] = []
+
+    def open(self, protocol: int) -> tuple[RespConnection, int]:
+        conn = RespConnection.open("127.0.0.1", self.port, protocol=protocol)
+        self.opened.append(conn)
+        return conn, conn.call("CLIENT", "ID")
+
+    def reader(self, redirect_to: int) -> RespConnection:
+        """A RESP2 connection that tracks, redirecting to ``redirect_to``, and read "k"."""
+        reader, _ = self.open(2)
+        assert reader.call("CLIENT", "TRACKING", "ON", "REDIRECT", redirect_to) == "OK"
+        reader.call("GET", "k")
+        return reader
+
+    def __enter__(self) -> Conns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for conn in self.opened:
+            conn.close()
+
+
+def silent(conn: RespConnection) -> bool:
+    try:
+        conn.read(0.2)
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.mark.integration
+def test_redis_delivery_as_found(redis_server: RedisServer) -> None:
+    """What the tracker's design rests on (tracker.py's docstring), kept true."""
+    writer = redis_server.client()
+    with Conns(redis_server.port) as conns, writer:
+        # An unsubscribed RESP2 target: the invalidation is dropped without a word.
+        target2, id2 = conns.open(2)
+        conns.reader(id2)
+        writer.set("k", b"1")
+        assert silent(target2)
+        # An unsubscribed RESP3 target gets a push.
+        target3, id3 = conns.open(3)
+        reader = conns.reader(id3)
+        writer.set("k", b"2")
+        assert target3.read(1.0) == Push([b"invalidate", [b"k"]])
+        # The reader's connection closes: what it read is tracked no more, so a
+        # near entry filled through it must not outlive it (default mode).
+        reader.call("GET", "k")
+        reader.close()
+        deadline = time.monotonic() + WAIT_S
+        while int(writer.info("clients")["connected_clients"]) > 4:  # writer, targets, reader 1
+            assert time.monotonic() < deadline, "the closed reader is still connected"
+            time.sleep(0.01)
+        writer.set("k", b"3")
+        assert silent(target3)
+        # A RESP2 connection may redirect to itself (test_broadcast_* shows it delivers).
+        assert target2.call("CLIENT", "TRACKING", "ON", "REDIRECT", id2, "BCAST") == "OK"
+
+
+# -- a cluster ---------------------------------------------------------------------
+
+
+def keys_on_each_primary(cluster: redis.cluster.RedisCluster, prefix: str) -> dict[str, str]:
+    """One key per primary (by the node the client would send it to): node name -> key."""
+    found: dict[str, str] = {}
+    primaries = {n.name for n in cluster.get_primaries()}
+    i = 0
+    while len(found) < len(primaries):
+        key = f"{prefix}{i}"
+        found.setdefault(cluster.get_node_from_key(key).name, key)
+        i += 1
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_cluster_invalidations_from_every_primary(
+    redis_cluster: RedisCluster, trackers: Make, protocol: int
+) -> None:
+    tracker, rec = trackers(redis_cluster.seed_url, prefix="c:", cluster=True, protocol=protocol)
+    subscribed(tracker, rec)
+    stats = tracker.stats()
+    assert len(stats["tracker_ids"]) == 3
+    assert sorted(stats["nodes"]) == sorted(u.removeprefix("redis://") for u in redis_cluster.urls)
+    client = redis_cluster.client()
+    try:
+        keys = keys_on_each_primary(client, "c:")
+        assert len(keys) == 3
+        mark = rec.mark()
+        for key in keys.values():
+            client.set(key, b"v")
+        want = sorted(k.removeprefix("c:").encode() for k in keys.values())
+        rec.wait(lambda: sorted(rec.keys(mark)) == want, f"invalidations of {want}")
+        # Vouching goes on: the minimum over the nodes still advances.
+        mark = rec.mark()
+        rec.wait(lambda: len(rec.since(mark, "vouch")) >= 2, "two more vouches")
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_cluster_topology_change_is_a_loss(redis_cluster: RedisCluster, trackers: Make) -> None:
+    tracker, rec = trackers(redis_cluster.seed_url, cluster=True, staleness_bound=0.5,
+                            ping_interval=0.05)  # fmt: skip
+    subscribed(tracker, rec)
+    real = tracker._read_topology
+    mark = rec.mark()
+    tracker._read_topology = lambda: real()[:2]  # type: ignore[method-assign]
+    try:
+        rec.wait_call(mark, "unvouch")
+        assert "primaries changed" in tracker.stats()["last_error"]
+    finally:
+        del tracker._read_topology
+    # Resubscribed to two primaries (then a check finds three: one more loss) or to three.
+    rec.wait(
+        lambda: len(tracker.stats()["tracker_ids"]) == 3 and tracker.state == "subscribed",
+        "resubscribed to all three primaries",
+    )
+    mark = rec.mark()
+    subscribed(tracker, rec, mark)
