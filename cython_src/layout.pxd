@@ -149,7 +149,7 @@ cdef struct ShardHeader:
     # mutex, and how many times it was re-initialised.
     uint32_t lock_recoverer
     uint32_t lock_generation
-    uint64_t invalidated    # dead-stamp items removed (counted in expirations too)
+    uint64_t invalidated    # items unlinked by invalidate() (a sweep's dead-stamp removals count as expirations)
     # Allocator: one free list per power-of-two size class.
     uint32_t bin_heads[32]
     uint32_t bin_bitmap

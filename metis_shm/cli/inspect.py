@@ -361,9 +361,9 @@ def _far_lines(far: dict[str, Any] | None) -> list[str]:
     return [
         f"far tier: tracker {far['tracker_state']}, near tier {gate}, generation "
         f"{far['generation']:,}",
-        f"far hits {far['far_hits']:,}  far misses {far['far_misses']:,}  fills {far['fills']:,} "
-        f"(dropped by the race {far['fills_dropped']:,})  invalidations "
-        f"{far['invalidations']:,}  reconnects {far['reconnects']:,}",
+        f"far hits {far['far_hits']:,}  misses {far['far_misses']:,}  fills {far['fills']:,} "
+        f"(raced {far['fills_dropped']:,})  invalidations {far['invalidations']:,}  "
+        f"reconnects {far['reconnects']:,}",
     ]
 
 

@@ -74,6 +74,21 @@ class FarSettings:
         _check(self.on_down in ON_DOWN, "on_down", self.on_down, f"one of {ON_DOWN}")
         for name in ("max_stale", "timeout", "lease_timeout", "staleness_bound", "ping_interval"):
             _check_seconds(name, getattr(self, name))
+        # The tracker vouches 10 ms short of the bound (the gate's coarse clock).
+        _check(
+            self.staleness_bound > 0.02,
+            "staleness_bound",
+            self.staleness_bound,
+            "more than 0.02 seconds",
+        )
+        if self.cluster:
+            path = urlsplit(self.url).path.strip("/")
+            _check(
+                path in ("", "0"),
+                "url",
+                self.url,
+                "database 0 with cluster (a cluster has no other)",
+            )
         _check(
             self.ping_interval < self.staleness_bound,
             "ping_interval",
