@@ -92,7 +92,14 @@ class Cache(_engine.Engine):
         trusted_owners: Iterable[int | str] = (),
         allow_foreign_owner: bool = False,
         strict: bool = False,
+        far: Any = None,
     ) -> None:
+        if far is not None and not hasattr(self, "_read_miss"):
+            raise InvalidConfig(
+                f"far: {type(self).__name__} is not a near cache; open Cache(name, far=...) "
+                "or subclass metis_shm.far.near.NearCache",
+                context={"field": "far"},
+            )
         self.name = segment.validate_name(name)
         owners = segment.OwnerCheck.build(
             trusted_owners=trusted_owners, group=group, allow_foreign_owner=allow_foreign_owner

@@ -16,6 +16,9 @@ Environment:
 
 * ``METIS_CACHE_NAME``: cache name (default ``gunicorn-demo``);
 * ``METIS_CACHE_CAPACITY``: size of a new segment (default ``16MiB``);
+* ``METIS_CACHE_FAR``: a ``redis://`` URL or a JSON object of far settings:
+  the cache is then the near tier of that Redis (run metisd with the same
+  variables; README.md, "Two machines in front of one Redis");
 * ``METIS_BIND``: address to listen on (default ``127.0.0.1:8000``);
 * ``METIS_DESTROY_ON_EXIT=1``: unlink the segment when the master exits.
   Off by default, so a restart of gunicorn keeps the cached data.

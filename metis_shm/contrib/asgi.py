@@ -9,6 +9,10 @@ dependencies, on a Metis cache shared by every worker process of the server
   :class:`metis_shm.Cache` itself (``Depends(get_cache)``), opened once per
   process.
 
+Both take ``far=`` (a ``redis://`` URL or a dict of ``FarSettings`` fields):
+the cache is then the near tier of Redis (docs/far-tier.md), shared by the
+machines of a fleet, one copy per machine.
+
 The cache calls are synchronous but take microseconds (shared memory, no
 I/O), so they run on the event loop directly.
 """
@@ -25,6 +29,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMa
 from typing import Any
 
 from metis_shm.cache import Cache
+from metis_shm.far.settings import FarSettings
 
 __all__ = [
     "DEFAULT_CACHEABLE_STATUSES",
@@ -78,18 +83,40 @@ def open_cache(name: str = DEFAULT_NAME, **cache_kwargs: Any) -> Cache:
     """This process's :class:`Cache` called ``name``, opened on first use.
 
     Later calls (from any thread) get the same object; ``cache_kwargs``
-    (``capacity``, ``policy``, ...) only matter to the call that opens it.
+    (``capacity``, ``policy``, ...) only matter to the call that opens it,
+    except ``far``: ``far="redis://..."`` (or a dict of ``FarSettings``
+    fields) opens the near tier of that Redis (docs/far-tier.md), and a
+    later call naming another far tier (or none was opened) raises
+    ``ValueError`` rather than hand out the wrong cache.
     A forked child opens its own.
     """
     key = (os.getpid(), name)
     cache = _caches.get(key)
     if cache is not None and not cache.closed:
+        if cache_kwargs.get("far") is not None:
+            _check_far(cache, cache_kwargs["far"])
         return cache
     with _caches_lock:
         cache = _caches.get(key)
         if cache is None or cache.closed:
+            if cache_kwargs.get("far") is None:
+                cache_kwargs.pop("far", None)  # Cache.__init__ has no far argument
             cache = _caches[key] = Cache(name, **cache_kwargs)
+        elif cache_kwargs.get("far") is not None:
+            _check_far(cache, cache_kwargs["far"])
         return cache
+
+
+def _check_far(cache: Cache, far: Any) -> None:
+    have = getattr(cache, "far", None)
+    want = far if isinstance(far, FarSettings) else FarSettings.build(far)
+    if have is not None and have == want:
+        return
+    raise ValueError(
+        f"open_cache({cache.name!r}): this process opened it "
+        + (f"as the near tier of {have.url!r}" if have is not None else "without a far tier")
+        + f", and is now asked for far={far!r}: give every opener of a name the same far"
+    )
 
 
 def close_caches() -> None:
@@ -113,7 +140,12 @@ def cache_dependency(
 
         @app.get("/items/{id}")
         async def item(id: int, cache: Cache = Depends(shared)): ...
+
+    With ``far="redis://..."`` (or a dict of ``FarSettings`` fields) the
+    endpoints get the near tier of that Redis (a ``NearCache``).
     """
+    if cache_kwargs.get("far") is not None:
+        cache_kwargs["far"] = FarSettings.build(cache_kwargs["far"])  # checked once, now
 
     async def dependency() -> Cache:
         return open_cache(name, **cache_kwargs)
@@ -171,6 +203,12 @@ class CacheMiddleware:
     :param max_body_size: larger responses are streamed through, not stored.
     :param header: response header telling ``hit``, ``miss`` or ``bypass``
         (``None``: no header).
+    :param far: when ``cache`` is a name: the far tier, a ``redis://`` URL
+        or a dict of ``FarSettings`` fields. The cache is then the near tier
+        of Redis (docs/far-tier.md): a response stored by one machine is
+        served by every machine, and one a plain Redis client deletes or
+        rewrites is seen as such. Give an open near cache as ``cache``
+        instead, if you have one.
 
     Keys are made of method, path, query string and the ``vary_headers``.
     Not stored: responses with ``Cache-Control`` ``no-store``, ``no-cache``,
@@ -195,9 +233,14 @@ class CacheMiddleware:
         key_prefix: str = "asgi:",
         max_body_size: int = 1 << 20,
         header: str | None = "x-metis-cache",
+        far: str | dict[str, Any] | FarSettings | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"ttl must be positive, got {ttl!r}")
+        if far is not None and isinstance(cache, Cache):
+            raise ValueError("CacheMiddleware: far= goes with a cache name, not an open Cache")
+        #: The far tier's settings (checked now, so a typo fails at startup), or None.
+        self.far = FarSettings.build(far) if far is not None else None
         self.app = app
         self._cache = cache if isinstance(cache, Cache) else None
         self._cache_name = cache.name if isinstance(cache, Cache) else cache
@@ -215,7 +258,7 @@ class CacheMiddleware:
         """The cache (opened by this process on first use when given by name)."""
         if self._cache is not None and not self._cache.closed:
             return self._cache
-        return open_cache(self._cache_name)
+        return open_cache(self._cache_name, far=self.far)
 
     def key_for(self, scope: Scope) -> str:
         """The cache key of a request: method, path, query string, vary headers."""

@@ -15,6 +15,15 @@ Configure it the Django way::
         }
     }
 
+As the near tier of Redis (docs/far-tier.md), name Redis in ``OPTIONS["FAR"]``
+(a ``redis://`` URL, or a dict of ``FarSettings`` fields)::
+
+    "OPTIONS": {"capacity": "256MiB",
+                "FAR": {"url": "redis://10.0.0.5:6379/0", "prefix": "mysite:"}},
+
+The backend then reads through and writes through Redis, and a metisd with a
+far table for ``LOCATION`` keeps this machine's copy coherent.
+
 Semantics follow Django's documented cache API (and its memcached backend
 where the built-in backends differ):
 
@@ -59,6 +68,7 @@ from metis_shm.errors import (
     NotACounter,
     ValueTooLarge,
 )
+from metis_shm.far.settings import FarSettings
 
 __all__ = ["MetisCache"]
 
@@ -75,10 +85,12 @@ CACHE_OPTIONS = frozenset(
         "serializer",
         "mode",
         "create",
+        "far",
     }
 )
-# Options Django documents for its own backends; harmless here.
-_DJANGO_OPTIONS = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY"})
+# Options Django documents for its own backends; harmless here. FAR is
+# Cache's `far` spelled like them.
+_DJANGO_OPTIONS = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY", "FAR"})
 # The engine keeps expiry times in 64-bit nanoseconds: longer timeouts are
 # clamped to a century, which is "forever" for a cache.
 MAX_TTL = 100 * 365 * 24 * 3600.0
@@ -109,6 +121,18 @@ class MetisCache(BaseCache):  # type: ignore[misc]
             options["max_entries"] = int(options["MAX_ENTRIES"])
         options.pop("MAX_ENTRIES", None)
         options.pop("CULL_FREQUENCY", None)
+        if "FAR" in options:
+            if "far" in options:
+                raise ImproperlyConfigured("MetisCache OPTIONS: give FAR or far, not both")
+            options["far"] = options.pop("FAR")
+        if options.get("far") is not None:
+            try:
+                # Checked now: a typo in the Redis settings fails at startup.
+                options["far"] = FarSettings.build(options["far"])
+            except InvalidConfig as exc:
+                raise ImproperlyConfigured(f"MetisCache OPTIONS FAR: {exc}") from exc
+        else:
+            options.pop("far", None)
         options.setdefault("serializer", "pickle")
         if options["serializer"] not in ("pickle", "msgpack"):
             raise ImproperlyConfigured(
@@ -122,6 +146,8 @@ class MetisCache(BaseCache):  # type: ignore[misc]
         except InvalidName as exc:
             raise ImproperlyConfigured(f"MetisCache LOCATION: {exc}") from exc
         self.options = options
+        #: The far tier's settings (OPTIONS["FAR"]), or None: no Redis behind.
+        self.far: FarSettings | None = options.get("far")
         self._lock = threading.Lock()
         self._metis: Cache | None = None
         self._forever: float | None = None
@@ -309,7 +335,11 @@ class MetisCache(BaseCache):  # type: ignore[misc]
         return self.incr(key, -delta, version=version)
 
     def clear(self) -> None:
-        """Remove every item of the segment (every process sees it empty)."""
+        """Remove every item of the segment (every process sees it empty).
+
+        With ``FAR``: this machine's near tier only; Redis keeps its keys
+        (NearCache.clear: flushing the source of truth is not a cache's call).
+        """
         self.cache.clear()
 
     # ---- async: inline (no I/O to wait for) --------------------------------

@@ -9,8 +9,14 @@ Configure it the Flask-Caching way::
         CACHE_KEY_PREFIX="myapp:",          # Flask-Caching's default is "flask_cache_"
         CACHE_METIS_NAME="myapp",           # segment /dev/shm/metis.myapp
         CACHE_OPTIONS={"capacity": "64MiB"},  # any other Cache(...) keyword
+        CACHE_METIS_FAR={"url": "redis://10.0.0.5:6379/0", "prefix": "myapp:"},  # optional
     )
     cache = flask_caching.Cache(app)
+
+``CACHE_METIS_FAR`` (a ``redis://`` URL or a dict of ``FarSettings`` fields)
+makes the cache the near tier of Redis (docs/far-tier.md): reads go through
+to Redis, writes go to Redis first, and a metisd with a far table for the
+cache keeps this machine's copy coherent.
 
 Timeouts follow Flask-Caching (and cachelib): ``None`` means the default
 timeout, ``0`` means never expire, a positive number (or ``timedelta``) is
@@ -43,6 +49,7 @@ from flask import Flask
 from flask_caching.backends.base import BaseCache
 
 from metis_shm.cache import Cache
+from metis_shm.far.settings import FarSettings
 
 __all__ = ["DEFAULT_NAME", "MetisCache", "metis"]
 
@@ -76,6 +83,8 @@ class MetisCache(BaseCache):
     :param serializer: a ``cachelib.serializers.BaseSerializer`` (anything with
         ``dumps`` and ``loads``) for every value but ints, or ``None`` (pickle).
         Flask-Caching sets it from ``CACHE_SERIALIZER``.
+    :param far: the far tier (``CACHE_METIS_FAR``): a ``redis://`` URL, a
+        dict of ``FarSettings`` fields, or ``FarSettings``; ``None``: no Redis.
     :param cache_kwargs: passed to :class:`metis_shm.Cache` (``capacity``,
         ``policy``, ...).
     """
@@ -89,6 +98,7 @@ class MetisCache(BaseCache):
         *,
         cache: Cache | None = None,
         serializer: Any = None,
+        far: str | dict[str, Any] | FarSettings | None = None,
         **cache_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -102,8 +112,16 @@ class MetisCache(BaseCache):
             )
         self.key_prefix = key_prefix or ""
         self.serializer = serializer
+        if far is not None and cache is not None:
+            raise TypeError("MetisCache: give far= or cache=, not both (open the cache with far)")
+        #: The far tier's settings, or None (checked here: a typo fails at init).
+        self.far = FarSettings.build(far) if far is not None else None
         self._owns_cache = cache is None
-        self.metis: Cache = cache if cache is not None else Cache(name, **cache_kwargs)
+        if cache is None:
+            # far only when given: Cache.__init__ itself has no far argument.
+            far_kwargs: dict[str, Any] = {} if self.far is None else {"far": self.far}
+            cache = Cache(name, **far_kwargs, **cache_kwargs)
+        self.metis: Cache = cache
 
     @classmethod
     def factory(
@@ -113,11 +131,17 @@ class MetisCache(BaseCache):
 
         ``kwargs`` holds ``default_timeout``, ``ignore_delete_many_errors`` and
         ``CACHE_OPTIONS``; ``args`` is ``CACHE_ARGS`` (its first item, if any,
-        is the cache name).
+        is the cache name). ``CACHE_METIS_FAR`` is the far tier.
         """
         kwargs = dict(kwargs)
         if not args:
             kwargs.setdefault("name", config.get("CACHE_METIS_NAME") or DEFAULT_NAME)
+        if config.get("CACHE_METIS_FAR") is not None:
+            if kwargs.get("far") is not None:
+                raise TypeError(
+                    "MetisCache: give CACHE_METIS_FAR or CACHE_OPTIONS['far'], not both"
+                )
+            kwargs["far"] = config["CACHE_METIS_FAR"]
         if "key_prefix" not in kwargs:
             kwargs["key_prefix"] = config.get("CACHE_KEY_PREFIX")
         return cls(*args, **kwargs)
@@ -242,6 +266,7 @@ class MetisCache(BaseCache):
         return deleted
 
     def clear(self) -> bool:
+        # With far: the near tier's keys (Redis keeps keys this machine never read).
         if not self.key_prefix:
             self.metis.clear()
         else:

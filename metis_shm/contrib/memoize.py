@@ -13,7 +13,11 @@ once, one of them computes and the others wait for its result:
 2. On a miss, ``cache.add(lease_key, lease, ttl=lock_timeout)``. ``add`` is an
    atomic "only if absent" across processes, so exactly one caller wins the
    lease. The lease names its owner: pid, the process's start time (so a
-   recycled pid is not mistaken for the owner) and a random token.
+   recycled pid is not mistaken for the owner), its host (boot id and pid
+   namespace: where that pid means something) and a random token. On a
+   near cache of Redis (``Cache(name, far=...)``) ``add`` is Redis's
+   ``SET NX PX``: one caller in the whole fleet wins, and the lease expires
+   in Redis ``lock_timeout`` after it was taken, whoever dies.
 3. The winner runs the function, ``set``s the result, then deletes its lease.
 4. The others poll the result key with exponential backoff (``poll`` doubling
    up to ``max_poll``), for at most ``wait`` seconds (default ``lock_timeout``):
@@ -21,7 +25,9 @@ once, one of them computes and the others wait for its result:
    * the lease is gone and still no result (the owner raised, or the lease was
      removed): compute locally, without a lease;
    * the lease's owner is dead (psutil: no such process, a zombie, or another
-     process with that pid) or the lease expired: take over (below);
+     process with that pid) or the lease expired: take over (below). Only a
+     lease of this host is judged by its pid; another machine's stands
+     until it expires;
    * ``wait`` runs out: compute locally (a *fallback*) and store the result.
 
 Taking over a dead owner's lease, and why the race is safe. Each waiter that
@@ -57,6 +63,7 @@ import inspect
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -147,6 +154,25 @@ def lease_key_for(result_key: str) -> str:
 
 _self_pid = 0
 _self_ctime = 0.0
+_this_host: str | None = None
+
+
+def _host_id() -> str:
+    """Where a lease's pid means something: this boot of this machine (its
+    kernel's boot id) and this pid namespace (a container has its own)."""
+    global _this_host
+    if _this_host is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+        except OSError:
+            boot = socket.gethostname()
+        try:
+            pid_ns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pid_ns = ""
+        _this_host = f"{boot}/{pid_ns}"
+    return _this_host
 
 
 def _own_identity() -> tuple[int, float]:
@@ -161,13 +187,27 @@ def _own_identity() -> tuple[int, float]:
 
 def _new_lease() -> dict[str, Any]:
     pid, ctime = _own_identity()
-    return {"pid": pid, "ctime": ctime, "start": time.time(), "token": secrets.token_hex(8)}
+    return {
+        "pid": pid,
+        "ctime": ctime,
+        "host": _host_id(),
+        "start": time.time(),
+        "token": secrets.token_hex(8),
+    }
 
 
 def _owner_alive(lease: Any) -> bool:
-    """Is the process named by ``lease`` still the one that took it, and running?"""
+    """Is the process named by ``lease`` still the one that took it, and running?
+
+    A lease taken on another host (another machine of a far tier, or another
+    pid namespace) names a pid that means nothing here: it counts as alive,
+    and ends when it expires (``lock_timeout``; in Redis, its PX).
+    """
     if not isinstance(lease, dict):
         return False
+    host = lease.get("host")
+    if host is not None and host != _host_id():
+        return True
     pid = lease.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -280,7 +320,10 @@ class _Engine(Generic[P]):
             raise ValueError(f"memoize: lock_timeout must be > 0, not {lock_timeout!r}")
         if poll <= 0 or max_poll <= 0:
             raise ValueError("memoize: poll and max_poll must be > 0")
+        from metis_shm.far.near import NearCache  # not at import: most caches are not
+
         self.cache = cache
+        self.near = isinstance(cache, NearCache)  # the near tier of Redis
         self.func = func
         self.ttl = ttl
         self.key_func = key
@@ -331,6 +374,11 @@ class _Engine(Generic[P]):
         if not self.cache.add(flight.lease_key, lease, ttl=self.lock_timeout):
             return False
         flight.lease = lease
+        if self.near:
+            # This machine's near tier may still hold an absent marker for the
+            # result another machine just stored (its invalidation in flight):
+            # drop it, so the look below asks Redis, the truth.
+            self.cache.invalidate(flight.key)
         if self.lookup(flight):
             # Another caller stored the result between our miss and our add.
             self.release(flight)
