@@ -79,24 +79,28 @@ class FarClient:
 
     # ---- reads --------------------------------------------------------------
 
-    def fetch(self, key: str | bytes, redirect_to: int = 0) -> tuple[bytes | None, int]:
-        """The value and its remaining TTL in ms (-1: none), one round trip.
+    def fetch(self, key: str | bytes, redirect_to: int = 0) -> tuple[bytes | None, int, int]:
+        """The value, its remaining TTL in ms (-1: none) and the client id of
+        the connection that read it (0 without ``redirect_to``), one round trip.
 
         With ``redirect_to`` (default tracking), the same connection first
         turns tracking on towards metisd's client id: sent every time,
         since a connection redis-py reopened has forgotten it, and a read
         on an untracked connection would be an invalidation never sent.
+        Redis files the read under the connection's id, which the caller
+        registers before it fills (metis_shm/far/words.py CONN_SLOTS).
         """
         k = self.key(key)
 
-        def run() -> tuple[bytes | None, int]:
+        def run() -> tuple[bytes | None, int, int]:
             pipe = self.redis.pipeline(transaction=False)
             if redirect_to:
                 pipe.execute_command("CLIENT", "TRACKING", "ON", "REDIRECT", redirect_to)
+                pipe.execute_command("CLIENT", "ID")
             pipe.get(k)
             pipe.pttl(k)
             out = pipe.execute()
-            return out[-2], out[-1]
+            return out[-2], out[-1], int(out[1]) if redirect_to else 0
 
         return self.call(run)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from metis_shm import _engine
 from metis_shm.cache import Cache
-from metis_shm.errors import FarUnavailable, KeyNotFound
+from metis_shm.errors import FarError, FarUnavailable, KeyNotFound
 from metis_shm.far import encoding, words
 from metis_shm.far.client import FarClient
 from metis_shm.far.report import far_report
@@ -55,6 +55,11 @@ class NearCache(Cache):
         self.far = FarSettings.build(far)
         super().__init__(name, *args, **kwargs)
         self._client = FarClient(self.far)
+        # Default tracking: Redis client id -> the CONN_SLOTS word this
+        # process registered it in (checked again at every fill: a new
+        # subscription voids registrations).
+        self._conn_slots: dict[int, int] = {}
+        self._registry_full_logged = False
         self._max_key_size = int(self.settings["max_key_size"])
         self._set_gated(True)
         self._set_read_through(True)
@@ -83,7 +88,7 @@ class NearCache(Cache):
             token = self.fill_token(key)
             lease = b""  # fetch without a lease: the holder is gone or slow
         try:
-            data, pttl = self._fetch(key)
+            data, pttl, tracked = self._fetch(key)
         except FarUnavailable:
             if lease:
                 _Engine.delete(self, lease)
@@ -92,13 +97,17 @@ class NearCache(Cache):
             self._add_word(words.FAR_MISSES)
             # The absent marker carries the token: it stands only until the
             # key's next invalidation, like a filled value.
-            if lease:
+            if lease and tracked:
                 _Engine.set(self, lease, _ABSENT + b"%d" % token, ttl=_NEGATIVE_TTL)
+            elif lease:
+                _Engine.delete(self, lease)
             return default
         self._add_word(words.FAR_HITS)
         value = encoding.decode(self._codec_obj, data)
         ttl = pttl / 1000 if pttl > 0 else None
-        if self.fill(key, value, token, ttl=ttl):
+        if not tracked:
+            pass  # no invalidation of this read would come: nothing to fill
+        elif self.fill(key, value, token, ttl=ttl):
             self._add_word(words.FILLS)
         else:
             self._add_word(words.FILLS_DROPPED)
@@ -106,13 +115,77 @@ class NearCache(Cache):
             _Engine.delete(self, lease)
         return value
 
-    def _fetch(self, key: Any) -> tuple[bytes | None, int]:
-        redirect = self._word(words.TRACKER_ID) if self.far.tracking == "default" else 0
+    def _fetch(self, key: Any) -> tuple[bytes | None, int, bool]:
+        """The value and its PTTL, and whether the read is tracked (False:
+        metisd would hear of no later write of the key, so fill nothing)."""
+        default = self.far.tracking == "default"
+        redirect = self._word(words.TRACKER_ID) if default else 0
+        # After the caller's fill token (see _registered).
+        polls = self._word(words.CONN_POLLS) if default else 0
         try:
-            return self._client.fetch(key, redirect)
+            try:
+                data, pttl, conn = self._client.fetch(key, redirect)
+            except FarError:
+                if not redirect:
+                    raise
+                # Redis refused CLIENT TRACKING REDIRECT: the id in the segment
+                # is a tracker that is gone (metisd killed, or reconnecting).
+                # Redis still answers, untracked.
+                data, pttl, _ = self._client.fetch(key, 0)
+                return data, pttl, False
         except FarUnavailable:
             self._add_word(words.FAR_ERRORS)
             raise
+        return data, pttl, (self._registered(conn, polls) if default else True)
+
+    def _registered(self, conn: int, polls: int) -> bool:
+        """Default tracking: may what Redis connection ``conn`` read be filled?
+
+        Redis files the read under ``conn``; if that connection closes, the
+        key's invalidations go to no one. So ``conn`` is registered in the
+        segment (words.CONN_SLOTS) for metisd's tracker to poll, and it must
+        be registered before the fill. Full registry: no fill. A poll begun
+        since ``polls`` was read (after the fill token) may have read the
+        registry before this registration, and vouched without knowing of
+        ``conn``: no fill either (rare: a fetch is far shorter than a ping
+        interval). Any later poll sees ``conn`` and bumps once it is gone.
+        """
+        if not conn:
+            return False  # no tracker to redirect to: the read was not tracked
+        if not self._register(conn):
+            self._add_word(words.FILLS_UNREGISTERED)
+            if not self._registry_full_logged:
+                self._registry_full_logged = True
+                log.warning(
+                    "near cache %r: the connection registry is full (%d Redis connections"
+                    " registered): reads through other connections are not filled near",
+                    self.name,
+                    len(words.CONN_SLOTS),
+                )
+            return False
+        # An atomic add of 0, not a load: ordered after the registration's
+        # CAS as the tracker's count (an add) is before its read of the slots,
+        # so either that read sees conn or this sees the count move.
+        if self._add_word(words.CONN_POLLS, 0) != polls:
+            self._add_word(words.FILLS_DROPPED)
+            return False
+        return True
+
+    def _register(self, conn: int) -> bool:
+        """Put ``conn`` in a slot of the registry unless it is there; False: full."""
+        slot = self._conn_slots.get(conn)
+        if slot is not None and self._word(slot) == conn:
+            return True
+        found = next((i for i in words.CONN_SLOTS if self._word(i) == conn), None)
+        if found is None:
+            free = (i for i in words.CONN_SLOTS if self._word(i) == 0)
+            found = next((i for i in free if self._cas_word(i, 0, conn)), None)
+            if found is None:
+                return False
+        if len(self._conn_slots) >= 4 * len(words.CONN_SLOTS):
+            self._conn_slots.clear()  # closed connections' ids: forget them all at once
+        self._conn_slots[conn] = found
+        return True
 
     def _wait_for_fill(self, key: Any, lease: bytes, default: Any) -> Any:
         """Another process fetches `key`: wait for its fill (or its absent
@@ -144,7 +217,7 @@ class NearCache(Cache):
         """No tracker vouches for the near tier: Redis answers, nothing is
         filled (it could not be vouched for either)."""
         try:
-            data, _ = self._fetch(key)
+            data, _, _ = self._fetch(key)
         except FarUnavailable:
             return self._read_stale(key, default)
         self._add_word(words.FAR_HITS if data is not None else words.FAR_MISSES)
@@ -189,7 +262,10 @@ class NearCache(Cache):
                 out[key] = value
         if not missing:
             return out
-        vouched = self.gate_open
+        # Default tracking: Redis tracks only reads on a connection that
+        # redirects to metisd, and fetch_many's MGET sends no REDIRECT, so
+        # what it reads must not be filled (no invalidation would kill it).
+        vouched = self.gate_open and self.far.tracking == "broadcast"
         tokens = [self.fill_token(k) for k in missing]
         try:
             datas = self._client.fetch_many(missing)
@@ -224,6 +300,9 @@ class NearCache(Cache):
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """SET in Redis, then kill the near copies (the next read fills)."""
         self._check_key(key)
+        if _expired(ttl):  # Cache's rule: remove the old value, store nothing
+            self.delete(key)
+            return
         self._client.set(key, encoding.encode(self._codec_obj, value), ttl)
         self._written(key)
 
@@ -233,6 +312,8 @@ class NearCache(Cache):
     def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
         """SET NX in Redis: True for exactly one caller in the whole fleet."""
         self._check_key(key)
+        if _expired(ttl):
+            return False
         stored = self._client.set(key, encoding.encode(self._codec_obj, value), ttl, nx=True)
         if stored:
             self._written(key)
@@ -241,6 +322,8 @@ class NearCache(Cache):
     def replace(self, key: Any, value: Any, ttl: float | None = None) -> bool:
         """SET XX in Redis: True if the key existed."""
         self._check_key(key)
+        if _expired(ttl):
+            return self.delete(key)
         stored = self._client.set(key, encoding.encode(self._codec_obj, value), ttl, xx=True)
         if stored:
             self._written(key)
@@ -271,6 +354,8 @@ class NearCache(Cache):
     def touch(self, key: Any, ttl: float | None = None) -> bool:
         """PEXPIRE in Redis (the near copy is dropped: its expiry was Redis's)."""
         self._check_key(key)
+        if _expired(ttl):
+            return self.delete(key)
         found = self._client.touch(key, ttl)
         self._written(key)
         return found
@@ -299,6 +384,9 @@ class NearCache(Cache):
         pairs = list(mapping.items() if hasattr(mapping, "items") else mapping)
         for key, _ in pairs:
             self._check_key(key)
+        if _expired(ttl):
+            self.delete_many([k for k, _ in pairs])
+            return
         items = [(k, encoding.encode(self._codec_obj, v)) for k, v in pairs]
         self._client.set_many(items, ttl)
         for key, _ in pairs:
@@ -348,6 +436,12 @@ class NearCache(Cache):
         if client is not None:
             client.close()
         super().close()
+
+
+def _expired(ttl: float | None) -> bool:
+    """Cache's TTL rule: ttl <= 0 means "already expired" (Redis's PX would
+    keep the value 1 ms instead)."""
+    return ttl is not None and ttl <= 0
 
 
 def _lease_key(key: Any) -> bytes:

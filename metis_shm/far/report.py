@@ -62,6 +62,19 @@ FAR_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("far_writes", "metis_far_writes_total", "counter", "Writes sent to Redis."),
     (
+        "fills_unregistered",
+        "metis_far_fills_unregistered_total",
+        "counter",
+        "Reads not filled because the connection registry was full (default tracking).",
+    ),
+    (
+        "connections_lost",
+        "metis_far_connections_lost_total",
+        "counter",
+        "Registered Redis connections found closed (default tracking; each poll that finds"
+        " one bumps the generation).",
+    ),
+    (
         "tracker_up",
         "metis_far_tracker_up",
         "gauge",

@@ -60,6 +60,31 @@ class SegmentTarget:
         if pid:
             self.cache._set_word(words.TRACKER_PID, pid)
 
+    def registered_connections(self) -> list[int]:
+        """Begin a poll of the connection registry: count the poll, then read
+        the ids. In that order: a worker that registers while this reads
+        re-reads the count after registering, sees it moved, and does not
+        fill (metis_shm/far/near.py), so a registration this read misses
+        never vouches for a fill."""
+        c = self.cache
+        c._add_word(words.CONN_POLLS)
+        return sorted({w for i in words.CONN_SLOTS if (w := c._word(i))})
+
+    def forget_connections(self, ids: list[int], *, lost: bool = True) -> None:
+        """Free the slots of ``ids`` (the tracker bumps the generation too,
+        which kills what they vouched for; a worker whose id was freed
+        registers it again before its next fill). ``lost``: they are gone
+        from Redis (counted); False: a new subscription voids every
+        registration made before it."""
+        c = self.cache
+        forgotten = set(ids)
+        for i in words.CONN_SLOTS:
+            w = c._word(i)
+            if w in forgotten:
+                c._cas_word(i, w, 0)
+        if lost:
+            c._add_word(words.CONNECTIONS_LOST, len(forgotten))
+
     def reconnected(self) -> None:
         """Count one lost and re-made tracking connection."""
         self.cache._add_word(words.RECONNECTS)

@@ -44,6 +44,36 @@ Why it is coherent, in the order each subscription runs:
    (less a margin): ``vouch``. Losing the connection, or a PONG that is late
    by ``staleness_bound``, is handled at once: ``unvouch``, ``invalidate_all``,
    unpublish, reconnect with backoff, and step 1 again.
+
+Default mode's connection registry. Redis files the keys a worker's
+connection read under that connection's client id, and sends their
+invalidations to the connection it REDIRECTs to; once the worker's
+connection closes (redis-py drops a pooled connection, a worker exits, a
+gunicorn worker is recycled), Redis forgets what it read, so a later write
+of those keys is invalidated to no one, and a near entry filled through it
+would be served stale until its TTL. So a worker registers the id of the
+connection a GET went through in the segment before it fills
+(metis_shm/far/words.py CONN_SLOTS), and:
+
+4. At each subscription (before its bump) every registration is voided:
+   a fill after the bump registers again, so every registered id is of this
+   Redis, where an id is never reused.
+5. Every ``ping_interval``, a poll: note the time ``p``, read the registered
+   ids (``registered_connections``, which counts the poll first), ask a
+   separate plain connection (a subscribed RESP2 one cannot) ``CLIENT LIST
+   ID <ids>``. An id it does not list is closed: bump the generation
+   (whatever it filled dies), then ``forget_connections``.
+6. The vouch is capped at ``p + staleness_bound`` (less the margin), ``p``
+   the start of the last poll answered, as with the cluster topology check:
+   a write acknowledged at ``w`` whose invalidation was lost because the
+   connection that read it closed before ``w`` can be served stale only
+   under a vouch from a poll started before ``w`` (one started after it
+   lists Redis's clients after the close and bumps). So the proof of "no
+   registered connection is gone" is never older than the bound. A worker's
+   registration that a poll's read might have missed (it registers after
+   its fetch, knowing only then the connection's id) vouches for nothing:
+   the worker re-reads the poll count after registering and does not fill
+   if a poll began since it took its fill token.
 """
 
 from __future__ import annotations
@@ -55,7 +85,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NoReturn, Protocol
 
 from metis_shm.far.resp import Push, RespConnection, RespError, RespProtocolError, parse_url
 
@@ -90,6 +120,21 @@ class NearTarget(Protocol):
     def publish_tracker(self, client_id: int) -> None:
         """The client id workers' connections REDIRECT to (default mode); 0: none."""
 
+    def flushed(self) -> None:
+        """Redis said FLUSHALL/FLUSHDB: a bump, counted as a flush (optional:
+        the tracker calls ``invalidate_all`` on a target without it)."""
+
+    def reconnected(self) -> None:
+        """Count one lost subscription (optional)."""
+
+    def registered_connections(self) -> list[int]:
+        """Default mode: begin a poll (count it) and read the client ids
+        workers' connections registered."""
+
+    def forget_connections(self, ids: list[int], *, lost: bool = True) -> None:
+        """Default mode: free the registrations of ``ids`` (``lost``: found
+        gone from Redis; False: voided by a new subscription)."""
+
 
 class TrackerLost(ConnectionError):
     """The tracking subscription cannot be trusted any more (late PONG, topology change)."""
@@ -113,6 +158,8 @@ class _Counters:
     flushes: int = 0
     generation_bumps: int = 0
     vouches: int = 0
+    connection_polls: int = 0  # default mode: CLIENT LIST polls answered
+    connections_lost: int = 0  # default mode: registered connections found gone
     reconnects: int = 0  # subscriptions lost
     connect_failures: int = 0  # attempts that did not get as far as subscribed
     last_error: str | None = None
@@ -166,6 +213,13 @@ class Tracker:
         ):  # fmt: skip
             if bad:
                 raise ValueError(why)
+        if mode == "default" and not all(
+            callable(getattr(target, m, None))
+            for m in ("registered_connections", "forget_connections")
+        ):
+            raise ValueError(
+                "default mode needs a target with registered_connections and forget_connections"
+            )
         self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         self.mode: Mode = mode
         self.protocol = protocol
@@ -184,6 +238,13 @@ class Tracker:
         self._next_ping = 0
         self._next_topology = 0
         self._topology_ok_ns: int | None = None
+        # Default mode's registry poll (module docstring, 4-6).
+        self._poll: RespConnection | None = None
+        self._poll_sent: tuple[int, list[int]] | None = None  # (start, ids) awaiting a reply
+        self._next_poll = 0
+        self._conns_ok_ns: int | None = None  # start of the last poll answered
+        self._list_by_id = True  # CLIENT LIST ID (Redis 6.2+); else the whole list
+        self._poll_refusal_logged = False
         self._vouched_until = 0
         self._backoff = BACKOFF_START
         self._counters = _Counters()
@@ -261,21 +322,37 @@ class Tracker:
         self._topology_ok_ns = time.monotonic_ns()  # before the read: what it says holds from then
         nodes = self._read_topology() if self.cluster else [(self.address.host, self.address.port)]
         links: list[_Link] = []
+        poll: RespConnection | None = None
         try:
             for node in nodes:
                 links.append(self._open_link(node))
+            if self.mode == "default":
+                poll = self._connect(nodes[0], 2, self._connect_timeout)
+                self._probe_client_list(poll, links[0].client_id)
         except BaseException:
             for link in links:
                 link.conn.close()
+            if poll is not None:
+                poll.close()
             raise
         self._links = links
+        self._poll = poll
+        self._poll_sent = None
         self._known = list(nodes)
         self._live = True
         if self.mode == "default":
             self._target.publish_tracker(links[0].client_id)
+            # Registrations made before this bump vouched for fills it kills;
+            # voided first, so that a fill after the bump has registered after
+            # it (every registered id is then of the Redis we track, 4.). The
+            # bump is a poll that finds every connection gone, so the vouch
+            # may reach the bound past this moment.
+            self._conns_ok_ns = time.monotonic_ns()
+            self._target.forget_connections(self._target.registered_connections(), lost=False)
         self._bump()
         now = time.monotonic_ns()
         self._next_ping = now
+        self._next_poll = now
         self._next_topology = now + self._topology_ns
         self._vouched_until = 0
         c = self._counters
@@ -356,20 +433,29 @@ class Tracker:
             self._next_ping = now + self._ping_ns
         if self.cluster and now >= self._next_topology:
             self._check_topology(now)
+        if self._poll is not None and self._poll_sent is None and now >= self._next_poll:
+            self._send_poll(now)
         due = min(
             [self._next_ping, *(lk.pings[0] + self._bound_ns for lk in self._links if lk.pings)]
         )
         if self.cluster:
             due = min(due, self._next_topology)
+        if self._poll is not None:
+            due = min(due, self._next_poll if self._poll_sent is None
+                      else self._poll_sent[0] + self._bound_ns)  # fmt: skip
         wait = max(0.0, (due - time.monotonic_ns()) / 1e9)
         by_fd = {lk.conn.fileno(): lk for lk in self._links}
+        poll_fd = self._poll.fileno() if self._poll is not None else -1
         readable, _, _ = select.select(
-            [*by_fd, self._wake_r.fileno()],
+            [*by_fd, self._wake_r.fileno(), *([poll_fd] if poll_fd >= 0 else [])],
             [],
             [],
             wait if max_wait is None else min(wait, max_wait),
         )
         for fd in readable:
+            if fd == poll_fd:
+                self._read_poll()
+                continue
             ready = by_fd.get(fd)
             if ready is None:
                 self._wake_r.recv(64)
@@ -387,6 +473,8 @@ class Tracker:
             if link.pings and now - link.pings[0] >= self._bound_ns:
                 late = f"{link.node[0]}:{link.node[1]}"
                 raise TrackerLost(f"no PONG from {late} within {self._bound_ns / 1e9:g} s")
+        if self._poll_sent is not None and now - self._poll_sent[0] >= self._bound_ns:
+            raise TrackerLost(f"no CLIENT LIST reply within {self._bound_ns / 1e9:g} s")
 
     def _check_topology(self, now: int) -> None:
         self._next_topology = now + self._topology_ns
@@ -423,7 +511,9 @@ class Tracker:
     def _invalidate(self, keys: Any) -> None:
         if keys is None:  # FLUSHALL or FLUSHDB
             self._counters.flushes += 1
-            self._bump()
+            flushed = getattr(self._target, "flushed", None)
+            (flushed or self._target.invalidate_all)()  # flushed(): a bump, counted as a flush
+            self._counters.generation_bumps += 1
             return
         if not isinstance(keys, list):
             raise RespProtocolError(f"an invalidation's keys are {type(keys).__name__}")
@@ -439,6 +529,11 @@ class Tracker:
         if not link.pings:
             raise RespProtocolError("a PONG without a PING")
         link.acked_ns = link.pings.popleft()
+        self._revouch()
+
+    def _revouch(self) -> None:
+        """Vouch with the oldest of the proofs: each node's last PONG, the
+        last topology check (cluster), the last registry poll (default)."""
         acked = [lk.acked_ns for lk in self._links]
         # Every node must have answered: a node not heard from yet vouches for nothing.
         if any(t is None for t in acked):
@@ -447,12 +542,90 @@ class Tracker:
         if self.cluster and self._topology_ok_ns is not None:
             # A primary that appeared after the last good check is not tracked yet.
             floor = min(floor, self._topology_ok_ns)
+        if self.mode == "default":
+            # A worker's connection that closed after the last poll answered
+            # may have taken invalidations with it (module docstring, 6.).
+            if self._conns_ok_ns is None:
+                return
+            floor = min(floor, self._conns_ok_ns)
         until = floor + self._bound_ns - MARGIN_NS
         if until > self._vouched_until and until > time.monotonic_ns():
             self._target.vouch(until)
             self._vouched_until = until
             self._counters.vouches += 1
             self._backoff = BACKOFF_START  # the subscription works: a next loss retries fast
+
+    def _send_poll(self, now: int) -> None:
+        """Begin a registry poll: ``now`` is its start, taken before the
+        registry is read (and the poll counted), so the vouch it earns can
+        only be shorter than the truth."""
+        assert self._poll is not None
+        self._next_poll = now + self._ping_ns
+        ids = self._target.registered_connections()
+        if not ids:  # nothing filled through a connection that could be gone
+            self._polled(now, ids, set())
+            return
+        self._poll.send(*self._client_list(ids))
+        self._poll_sent = (now, ids)
+
+    def _probe_client_list(self, poll: RespConnection, own_id: int) -> None:
+        """Before anything is vouched for: may we poll, and how (CLIENT LIST ID is 6.2+)?"""
+        try:
+            reply = poll.call(*self._client_list([own_id]))
+        except RespError as err:
+            if not (self._list_by_id and "syntax" in str(err).lower()):
+                self._poll_refused(err)
+            self._list_by_id = False  # Redis before 6.2: the whole list
+            reply = poll.call(*self._client_list([own_id]))
+        if not isinstance(reply, bytes | str) or own_id not in _client_ids(reply):
+            raise RespProtocolError(f"CLIENT LIST does not list us: {reply!r:.100}")
+
+    def _poll_refused(self, err: RespError) -> NoReturn:
+        if not self._poll_refusal_logged:
+            self._poll_refusal_logged = True
+            log.error(
+                "tracker %s: Redis refused CLIENT LIST (%s): default tracking cannot tell"
+                " when a worker's connection closes, so the near tier is not served;"
+                " allow CLIENT LIST to metisd's Redis user, or use broadcast tracking",
+                self.name,
+                err,
+            )
+        raise TrackerLost(f"CLIENT LIST refused: {err}") from err
+
+    def _client_list(self, ids: list[int]) -> list[str | int]:
+        return ["CLIENT", "LIST", "ID", *ids] if self._list_by_id else ["CLIENT", "LIST"]
+
+    def _read_poll(self) -> None:
+        assert self._poll is not None
+        while True:
+            try:
+                reply = self._poll.read(0)
+            except TimeoutError:
+                return
+            except RespError as err:  # allowed at subscription (the probe): not now
+                self._poll_refused(err)
+            if self._poll_sent is None or not isinstance(reply, bytes | str):
+                raise RespProtocolError(f"unexpected reply to CLIENT LIST: {reply!r:.100}")
+            started, ids = self._poll_sent
+            self._poll_sent = None
+            self._polled(started, ids, _client_ids(reply))
+
+    def _polled(self, started: int, ids: list[int], present: set[int]) -> None:
+        """A poll begun at ``started`` found ``present`` of the registered ``ids``."""
+        gone = [i for i in ids if i not in present]
+        if gone:
+            # What these connections read is filed under ids Redis has
+            # forgotten: no write of those keys will be invalidated. Kill
+            # every near entry (which ones came through them is not known),
+            # then free their slots.
+            self._bump()
+            self._target.forget_connections(gone)
+            self._counters.connections_lost += len(gone)
+            log.info("tracker %s: worker connection(s) %s closed: generation bumped",
+                     self.name, gone)  # fmt: skip
+        self._counters.connection_polls += 1
+        self._conns_ok_ns = started
+        self._revouch()
 
     def _bump(self) -> None:
         self._target.invalidate_all()
@@ -468,7 +641,10 @@ class Tracker:
             # The bump is belt and braces (a resubscription bumps before it
             # vouches again); without it, on_down="stale" can serve what it had.
             bump = self._bump if self.bump_on_loss else (lambda: None)
-            for step in (self._target.unvouch, bump, lambda: self._target.publish_tracker(0)):
+            reconnected = getattr(self._target, "reconnected", None) or (lambda: None)
+            steps = (self._target.unvouch, bump, lambda: self._target.publish_tracker(0),
+                     reconnected)  # fmt: skip
+            for step in steps:
                 try:
                     step()
                 except Exception:
@@ -480,6 +656,7 @@ class Tracker:
             log.debug("tracker %s: cannot subscribe: %s", self.name, err)
         self._close_links()
         self._vouched_until = 0
+        self._conns_ok_ns = None
         c.connected_since = None
         c.tracker_ids = []
         self._state = "down"
@@ -488,6 +665,21 @@ class Tracker:
         links, self._links = self._links, []
         for link in links:
             link.conn.close()
+        poll, self._poll, self._poll_sent = self._poll, None, None
+        if poll is not None:
+            poll.close()
+
+
+def _client_ids(listing: bytes | str) -> set[int]:
+    """The ids in a CLIENT LIST reply: one line per client, ``id=<n> addr=...``."""
+    text = listing.encode() if isinstance(listing, str) else listing
+    out = set()
+    for line in text.splitlines():
+        first = line.split(b" ", 1)[0]
+        if not (first.startswith(b"id=") and first[3:].isdigit()):
+            raise RespProtocolError(f"a CLIENT LIST line: {line!r:.100}")
+        out.add(int(first[3:]))
+    return out
 
 
 def _primaries(slots: Any, asked: str) -> list[tuple[str, int]]:

@@ -26,6 +26,19 @@ FAR_ERRORS = 12
 SINGLE_FLIGHT_WAITS = 13  # misses that waited for another process's fetch
 STALE_SERVED = 14
 FAR_WRITES = 15
+# Default tracking's connection registry (CONN_SLOTS below).
+CONN_POLLS = 16  # registry polls begun by the tracker; a fill checks none began during it
+FILLS_UNREGISTERED = 17  # reads not filled: the registry was full
+CONNECTIONS_LOST = 18  # registered connections the tracker found gone (one bump each poll)
+
+# The connection registry (default tracking). Redis files what a worker's
+# connection read under that connection's client id, and once the
+# connection closes, those keys' invalidations are sent to no one. So a
+# worker claims a slot for the id of the connection a GET went through
+# (CAS 0 -> id) before it fills, and the tracker polls CLIENT LIST for the
+# registered ids: one gone means lost invalidations, so it bumps the
+# generation and frees the slot (CAS id -> 0). Full: the worker does not fill.
+CONN_SLOTS = range(24, 216)
 
 TRACKER_STATES = ("none", "connecting", "subscribed", "down", "stopped")
 
@@ -42,4 +55,6 @@ COUNTERS = {
     "single_flight_waits": SINGLE_FLIGHT_WAITS,
     "stale_served": STALE_SERVED,
     "far_writes": FAR_WRITES,
+    "fills_unregistered": FILLS_UNREGISTERED,
+    "connections_lost": CONNECTIONS_LOST,
 }

@@ -45,6 +45,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, int]] = []
         self._cond = threading.Condition()
+        self.registry: set[int] = set()  # default mode: the registered connection ids
+        self.polls = 0
 
     def _add(self, what: str, arg: Any = None) -> None:
         with self._cond:
@@ -65,6 +67,25 @@ class Recorder:
 
     def publish_tracker(self, client_id: int) -> None:
         self._add("publish_tracker", client_id)
+
+    def flushed(self) -> None:
+        self._add("flushed")
+
+    def reconnected(self) -> None:
+        self._add("reconnected")
+
+    def registered_connections(self) -> list[int]:
+        # Not a call in the list: it comes with every poll.
+        with self._cond:
+            self.polls += 1
+            self._cond.notify_all()
+            return sorted(self.registry)
+
+    def forget_connections(self, ids: list[int], *, lost: bool = True) -> None:
+        with self._cond:
+            self.registry -= set(ids)
+        if lost:  # the void at each subscription is not listed either
+            self._add("forget_connections", sorted(ids))
 
     def snapshot(self) -> list[tuple[str, Any, int]]:
         with self._cond:
@@ -382,7 +403,7 @@ def test_default_mode_redirected(
     worker.get("app:read")
     mark = rec.mark()
     writer.flushall()
-    rec.wait_call(mark, "invalidate_all")
+    rec.wait_call(mark, "flushed")
     stats = tracker.stats()
     assert rec.keys() == [b"read"] and stats["ignored"] == 1 and stats["flushes"] == 1
     worker.close()
@@ -398,10 +419,11 @@ def test_flushall_bumps_the_generation(
     mark = rec.mark()
     r = redis_server.client()
     r.flushall()
-    rec.wait_call(mark, "invalidate_all")
+    rec.wait_call(mark, "flushed")
     r.set("k", b"v")
     r.flushdb()
-    rec.wait(lambda: len(rec.since(mark, "invalidate_all")) == 2, "a second bump")
+    rec.wait(lambda: len(rec.since(mark, "flushed")) == 2, "a second bump")
+    assert rec.since(mark, "invalidate_all") == []  # flushed() is the bump
     assert tracker.stats()["flushes"] == 2 and rec.keys(mark) == [b"k"]
 
 
@@ -436,7 +458,8 @@ def test_kill_unvouches_and_restart_resubscribes(
     rec.wait_call(mark, "unvouch", timeout=1.0)
     calls = rec.since(mark)
     names = [c[0] for c in calls]
-    assert names[:3] == ["unvouch", "invalidate_all", "publish_tracker"] and calls[2][1] == 0
+    assert names[:4] == ["unvouch", "invalidate_all", "publish_tracker", "reconnected"]
+    assert calls[2][1] == 0
     rec.wait(lambda: tracker.state == "down", "state down")
     assert tracker.stats()["reconnects"] == 1 and tracker.stats()["tracker_ids"] == []
     mark = rec.mark()
@@ -481,7 +504,7 @@ def test_loss_without_the_bump(redis_server: RedisServer, trackers: Make) -> Non
     mark = rec.mark()
     redis_server.kill()
     rec.wait(lambda: tracker.state == "down", "state down")
-    assert [c[0] for c in rec.since(mark)] == ["unvouch", "publish_tracker"]
+    assert [c[0] for c in rec.since(mark)] == ["unvouch", "publish_tracker", "reconnected"]
     redis_server.restart()
     subscribed(tracker, rec, mark)
     names = [c[0] for c in rec.since(mark)]
@@ -535,6 +558,119 @@ def test_user_password_and_db(redis_server: RedisServer, trackers: Make, protoco
     bad_rec.wait(lambda: bad.stats()["connect_failures"] >= 1, "a refused login")
     assert "WRONGPASS" in bad.stats()["last_error"] and bad.state in ("down", "connecting")
     assert not bad_rec.since(0, "vouch")
+
+
+def register(rec: Recorder, *ids: int) -> int:
+    """Put ids in the recorder's registry, as workers do; the poll count then."""
+    with rec._cond:
+        rec.registry.update(ids)
+        return rec.polls
+
+
+def polled(rec: Recorder, since: int, n: int = 2) -> None:
+    """Wait for n more registry polls (after the count ``since``)."""
+    rec.wait(lambda: rec.polls >= since + n, f"{n} registry polls")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [3, 2])
+def test_default_mode_a_registered_connection_that_closes_bumps(
+    redis_server: RedisServer, trackers: Make, protocol: int
+) -> None:
+    tracker, rec = trackers(redis_server.url, mode="default", protocol=protocol,
+                            ping_interval=0.05, staleness_bound=0.5)  # fmt: skip
+    subscribed(tracker, rec)
+    live = redis_server.client(single_connection_client=True)
+    doomed = redis_server.client(single_connection_client=True)
+    live_id, doomed_id = live.client_id(), doomed.client_id()
+    mark = rec.mark()
+    polls = register(rec, live_id, doomed_id)
+    polled(rec, polls, 3)
+    # Polled on the second connection (a subscribed RESP2 one could not): both there.
+    assert rec.since(mark, "invalidate_all") == [] and tracker.state == "subscribed"
+    assert tracker.stats()["connection_polls"] >= 2
+    mark = rec.mark()
+    closed = time.monotonic_ns()
+    doomed.close()
+    rec.wait_call(mark, "forget_connections", [doomed_id], timeout=1.0)
+    names = [c[0] for c in rec.since(mark) if c[0] != "vouch"]
+    assert names == ["invalidate_all", "forget_connections"]  # the bump first
+    bumped = rec.since(mark, "invalidate_all")[0][2]
+    assert (bumped - closed) / 1e9 < 0.05 + 0.2  # within about a ping interval
+    assert rec.registry == {live_id}
+    stats = tracker.stats()
+    assert stats["connections_lost"] == 1 and stats["state"] == "subscribed"
+    mark = rec.mark()
+    rec.wait(lambda: len(rec.since(mark, "vouch")) >= 2, "vouching goes on")
+    assert rec.since(mark, "invalidate_all") == []
+    live.close()
+
+
+@pytest.mark.integration
+def test_default_mode_a_subscription_voids_the_registry(
+    redis_server: RedisServer, trackers: Make
+) -> None:
+    tracker, rec = trackers(redis_server.url, mode="default", start=False)
+    stale = redis_server.client(single_connection_client=True)
+    register(rec, 999_999, stale.client_id())  # an id Redis never gave, and a live one
+    tracker.start()
+    subscribed(tracker, rec)
+    # Voided before the subscription's bump (what they vouched for dies in it),
+    # not lost: no second bump.
+    assert rec.registry == set() and rec.since(0, "forget_connections") == []
+    assert [c[0] for c in rec.snapshot()].count("invalidate_all") == 1
+    assert tracker.stats()["connections_lost"] == 0
+    stale.close()
+
+
+@pytest.mark.integration
+def test_default_mode_the_vouch_outlives_no_poll(redis_server: RedisServer, trackers: Make) -> None:
+    bound = 0.5
+    tracker, rec = trackers(redis_server.url, mode="default", ping_interval=0.05,
+                            staleness_bound=bound)  # fmt: skip
+    subscribed(tracker, rec)
+    conn = redis_server.client(single_connection_client=True)
+    polled(rec, register(rec, conn.client_id()))
+
+    def stalled(now: int) -> None:  # polls stop being answered; the PONGs do not
+        tracker._next_poll = now + tracker._ping_ns
+
+    stopped = time.monotonic_ns()
+    tracker._send_poll = stalled  # type: ignore[method-assign]
+    try:
+        time.sleep(bound + 0.2)  # a bounded wait for vouches that must not come
+        assert max(c[1] for c in rec.since(0, "vouch")) <= stopped + int(bound * 1e9)
+        assert tracker.state == "subscribed"  # not a loss: the gate closes by itself
+    finally:
+        del tracker._send_poll
+    mark = rec.mark()
+    rec.wait_call(mark, "vouch")
+    assert rec.since(mark, "vouch")[0][1] > time.monotonic_ns()
+    conn.close()
+
+
+@pytest.mark.integration
+def test_default_mode_needs_client_list(redis_server: RedisServer, trackers: Make) -> None:
+    admin = redis_server.client()
+    admin.acl_setuser("nolist", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-client|list"])  # fmt: skip
+    admin.close()
+    url = f"redis://nolist:pw@127.0.0.1:{redis_server.port}"
+    tracker, rec = trackers(url, mode="default")
+    rec.wait(lambda: tracker.stats()["connect_failures"] >= 2, "refused twice")
+    assert "CLIENT LIST refused" in tracker.stats()["last_error"]
+    assert not rec.since(0, "vouch") and tracker.state in ("down", "connecting")
+    ok, ok_rec = trackers(url, mode="broadcast")  # broadcast mode does not poll
+    subscribed(ok, ok_rec)
+
+
+def test_client_list_ids() -> None:
+    from metis_shm.far.tracker import _client_ids
+
+    listing = b"id=3 addr=127.0.0.1:1 laddr=x fd=8 name=\nid=17 addr=127.0.0.1:2 fd=9\n"
+    assert _client_ids(listing) == {3, 17} and _client_ids(b"") == set()
+    with pytest.raises(RespProtocolError):
+        _client_ids(b"addr=x id=3\n")
 
 
 class Conns:
