@@ -371,6 +371,18 @@ def _far_of(cache: Cache) -> dict[str, Any] | None:
     return far_report(cache) if cache.gated else None
 
 
+def _next_frame(
+    cache: Cache, before: Stats | None, t_before: float, *, quit_hint: bool
+) -> tuple[Stats, float, str]:
+    """The stats now, their time, and the frame that compares them with ``before``."""
+    now = cache.stats()
+    t_now = time.monotonic()
+    width = shutil.get_terminal_size((100, 24)).columns
+    frame = render_top(now, before, t_now - t_before, width=width, daemon=cache.daemon_alive,
+                       quit_hint=quit_hint, far=_far_of(cache))  # fmt: skip
+    return now, t_now, frame
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval: {args.interval} is not a positive number of seconds")
@@ -404,18 +416,7 @@ def _plain_loop(cache: Cache, interval: float) -> int:
     first = True
     try:
         while True:
-            now = cache.stats()
-            t_now = time.monotonic()
-            width = shutil.get_terminal_size((100, 24)).columns
-            frame = render_top(
-                now,
-                before,
-                t_now - t_before,
-                width=width,
-                daemon=cache.daemon_alive,
-                quit_hint=False,
-                far=_far_of(cache),
-            )
+            now, t_now, frame = _next_frame(cache, before, t_before, quit_hint=False)
             sys.stdout.write(("" if first else "\n") + frame + "\n")
             sys.stdout.flush()
             first = False
@@ -475,18 +476,7 @@ def _top_loop(cache: Cache, interval: float) -> int:
         before: Stats | None = None
         t_before = time.monotonic()
         while True:
-            now = cache.stats()
-            t_now = time.monotonic()
-            width = shutil.get_terminal_size((100, 24)).columns
-            frame = render_top(
-                now,
-                before,
-                t_now - t_before,
-                width=width,
-                daemon=cache.daemon_alive,
-                quit_hint=tty_in,
-                far=_far_of(cache),
-            )
+            now, t_now, frame = _next_frame(cache, before, t_before, quit_hint=tty_in)
             out.write(_CLEAR + frame.replace("\n", "\r\n" if tty_in else "\n") + "\n")
             out.flush()
             before, t_before = now, t_now

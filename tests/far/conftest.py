@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from redis_servers import RedisCluster, RedisServer, ServerError
@@ -48,6 +48,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.terminate()
+
+
+@pytest.fixture
+def close_all() -> Iterator[list[Any]]:
+    """Machines (tests/far/_machines.py) a test appends here are closed and
+    their segments destroyed at teardown."""
+    made: list[Any] = []
+    yield made
+    from metis_shm import Cache
+
+    for m in made:
+        m.cache.close()
+        Cache.destroy(m.name)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -36,7 +36,6 @@ from history import (
     save,
 )
 
-from metis_shm import Cache
 from metis_shm.far.settings import FarSettings
 
 BOUND_NS = 1_000_000_000  # FarSettings.staleness_bound's default (the real runs read theirs)
@@ -44,15 +43,6 @@ MS = 1_000_000
 
 
 # ---- real runs -------------------------------------------------------------------
-
-
-@pytest.fixture
-def close_all() -> Any:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.cache.close()
-        Cache.destroy(m.name)
 
 
 def _machines(

@@ -18,7 +18,7 @@ import pytest
 from _machines import Machine, percentile, start_machine, wait_until
 from _workers import new_name
 
-from metis_shm import Cache, FarUnavailable
+from metis_shm import FarUnavailable
 from metis_shm.far.encoding import MAGIC
 
 pytestmark = pytest.mark.integration
@@ -44,15 +44,6 @@ def _machines(
         settings = {"url": redis_server.url, "prefix": prefix, **far}
         out.append(start_machine(tmp_path, name, settings, daemons))
     return out
-
-
-@pytest.fixture
-def close_all() -> Any:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.cache.close()
-        Cache.destroy(m.name)
 
 
 def test_a_write_through_a_removes_b_copy(

@@ -99,3 +99,20 @@ def fetches(far: dict[str, Any]) -> int:
     each new URL costs the machine one absent read (then an absent marker).
     """
     return int(far["far_hits"])
+
+
+def read_from_workers(
+    body: Callable[[str], dict[str, Any]], key: str, want: Any, pids: int
+) -> list[dict[str, Any]]:
+    """GET /get?key= through ``body`` (a new connection each) until ``pids``
+    distinct workers answered; each answer must be ``want``."""
+    answers: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    deadline = time.monotonic() + 20.0
+    while len(seen) < pids:
+        assert time.monotonic() < deadline, f"only workers {seen} answered"
+        got = body(f"/get?key={key}")
+        assert got["found"] and got["value"] == want, got
+        answers.append(got)
+        seen.add(got["pid"])
+    return answers

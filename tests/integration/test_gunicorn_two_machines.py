@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _far_machines import BOUND, Machine, environment, fetches, start_machine, wait_for
+from _far_machines import (
+    BOUND,
+    Machine,
+    environment,
+    fetches,
+    read_from_workers,
+    start_machine,
+    wait_for,
+)
 from _far_machines import redis_server as redis_server  # the fixture
 from _workers import new_name
 from test_gunicorn import Server
@@ -55,18 +63,7 @@ def _serve(machine: Machine, tmp_path: Path) -> FarServer:
 
 
 def _reads(srv: FarServer, key: str, want: Any, pids: int) -> list[dict[str, Any]]:
-    """GET /get?key= (a new connection each) until ``pids`` distinct workers
-    answered; each answer must be ``want``."""
-    answers: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    deadline = time.monotonic() + 20.0
-    while len(seen) < pids:
-        assert time.monotonic() < deadline, f"only workers {seen} answered"
-        body = srv.body(f"/get?key={key}")
-        assert body["found"] and body["value"] == want, body
-        answers.append(body)
-        seen.add(body["pid"])
-    return answers
+    return read_from_workers(srv.body, key, want, pids)
 
 
 def test_two_gunicorn_machines_share_through_redis(

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _far_machines import BOUND, Machine, environment, fetches, start_machine, wait_for
+from _far_machines import (
+    BOUND,
+    Machine,
+    environment,
+    fetches,
+    read_from_workers,
+    start_machine,
+    wait_for,
+)
 from _far_machines import redis_server as redis_server  # the fixture
 from _workers import new_name
 from test_uvicorn import Uvicorn
@@ -60,17 +68,7 @@ def _far(srv: FarUvicorn) -> dict[str, Any]:
 
 
 def _reads(srv: FarUvicorn, key: str, want: Any, pids: int) -> list[dict[str, Any]]:
-    """GET /get?key= until ``pids`` distinct workers answered ``want``."""
-    answers: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    deadline = time.monotonic() + 20.0
-    while len(seen) < pids:
-        assert time.monotonic() < deadline, f"only workers {seen} answered"
-        body, _ = srv.body(f"/get?key={key}")
-        assert body["found"] and body["value"] == want, body
-        answers.append(body)
-        seen.add(body["pid"])
-    return answers
+    return read_from_workers(lambda path: srv.body(path)[0], key, want, pids)
 
 
 def test_two_uvicorn_machines_share_through_redis(
