@@ -89,10 +89,10 @@ class NearCache(Cache):
             lease = b""  # fetch without a lease: the holder is gone or slow
         try:
             data, pttl, tracked = self._fetch(key)
-        except FarUnavailable:
+        except FarUnavailable as exc:
             if lease:
                 _Engine.delete(self, lease)
-            return self._read_stale(key, default)
+            return self._read_stale(key, default, exc)
         if data is None:
             self._add_word(words.FAR_MISSES)
             # The absent marker carries the token: it stands only until the
@@ -218,12 +218,12 @@ class NearCache(Cache):
         filled (it could not be vouched for either)."""
         try:
             data, _, _ = self._fetch(key)
-        except FarUnavailable:
-            return self._read_stale(key, default)
+        except FarUnavailable as exc:
+            return self._read_stale(key, default, exc)
         self._add_word(words.FAR_HITS if data is not None else words.FAR_MISSES)
         return default if data is None else encoding.decode(self._codec_obj, data)
 
-    def _read_stale(self, key: Any, default: Any) -> Any:
+    def _read_stale(self, key: Any, default: Any, cause: FarUnavailable) -> Any:
         """Redis is down. With on_down="stale", a near entry may stand in for
         max_stale seconds after the last vouch; otherwise FarUnavailable."""
         if self.far.on_down == "stale":
@@ -235,10 +235,10 @@ class NearCache(Cache):
                     return value
                 return default
         raise FarUnavailable(
-            f"near cache {self.name!r}: Redis is unavailable and the near tier cannot vouch "
-            f"for {key!r}",
-            context={"key": repr(key), "on_down": self.far.on_down},
-        )
+            f"near cache {self.name!r}: the near tier cannot vouch for {key!r} and Redis "
+            f"did not answer ({cause})",
+            context={"key": repr(key), "on_down": self.far.on_down, **cause.context},
+        ) from cause
 
     def __getitem__(self, key: Any) -> Any:
         value = self.get(key, _MISS)
@@ -269,10 +269,10 @@ class NearCache(Cache):
         tokens = [self.fill_token(k) for k in missing]
         try:
             datas = self._client.fetch_many(missing)
-        except FarUnavailable:
+        except FarUnavailable as exc:
             self._add_word(words.FAR_ERRORS)
             for key in missing:
-                value = self._read_stale(key, _MISS)
+                value = self._read_stale(key, _MISS, exc)
                 if value is not _MISS:
                     out[key] = value
             return out

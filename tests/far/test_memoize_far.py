@@ -169,7 +169,8 @@ def test_one_call_in_the_whole_fleet(
         c.ready()
     go.touch()
     r = redis_server.client()
-    wait_until(lambda: r.exists(f"{ns}:calls") == 1, 10.0, "someone computes")
+    # The function counts its call, then names its caller: wait for both.
+    wait_until(lambda: r.llen(f"{ns}:callers") == 1, 10.0, "someone computes")
     # The lease is Redis's SET NX PX lock_timeout, named after its owner.
     key, lease, pttl = _lease(r, fleet[0], ns)
     owner_pid, owner_machine, _ = _callers_in_redis(r, ns)[0]
