@@ -57,8 +57,12 @@ cdef class _Segment:
             self._base = NULL
             self._hdr = NULL
 
-    def _format(self, dict plan, dict settings):
-        """Write a new segment's header and empty shards; mark it ready last."""
+    def _format(self, dict plan, dict settings, tuple hash_key=None):
+        """Write a new segment's header and empty shards; mark it ready last.
+
+        `hash_key`: the SipHash key as two u64s instead of a random one, for
+        reproducible simulations only (a known key lets anyone aim keys at
+        one bucket)."""
         cdef SegmentHeader *h = self._hdr
         cdef uint32_t i
         cdef ShardHeader *sh
@@ -74,6 +78,8 @@ cdef class _Segment:
                       creator_pid=os.getpid(), state=STATE_INITIALIZING, magic=b"\0" * 8,
                       hash_seed=int.from_bytes(os.urandom(8), "little"),
                       hash_seed2=int.from_bytes(os.urandom(8), "little"))
+        if hash_key is not None:
+            fields.update(hash_seed=hash_key[0], hash_seed2=hash_key[1])
         fresh = fields
         memcpy(h, &fresh, sizeof(SegmentHeader))
         memset(self._base + COHERENCE_OFFSET, 0, sizeof(Coherence))

@@ -93,6 +93,7 @@ class Cache(_engine.Engine):
         allow_foreign_owner: bool = False,
         strict: bool = False,
         far: Any = None,
+        _hash_key: tuple[int, int] | None = None,
     ) -> None:
         if far is not None and not hasattr(self, "_read_miss"):
             raise InvalidConfig(
@@ -144,7 +145,7 @@ class Cache(_engine.Engine):
             self._segment_id = (st.st_dev, st.st_ino)
             self._map(opened.fd, opened.size)
             if opened.created:
-                self._format(plan, settings)
+                self._format(plan, settings, _hash_key)
             else:
                 self._setup_views()
                 _refuse_unasked_pickle(self.name, self._header(), serializer)

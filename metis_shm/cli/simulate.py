@@ -78,6 +78,13 @@ def register(subparsers: Subparsers) -> None:
         help="whether the CSV's first row is a header (default: yes for a column "
         "name, no for an index)",
     )
+    sim.add_argument(
+        "--seed",
+        default="0",
+        metavar="N|random",
+        help="the caches' hash key comes from N, so a run's figures are exact and "
+        "repeatable; 'random' for a random key, as a real cache has (default: 0)",
+    )
     sim.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     sim.add_argument(
         "--plot", metavar="OUT.png", help="draw hit ratio against size (needs matplotlib)"
@@ -127,10 +134,19 @@ def _parse_shards(text: str) -> int | None:
     return int(text)
 
 
+def _parse_seed(text: str) -> int | None:
+    if text == "random":
+        return None
+    if not text.isdigit():
+        raise UsageError(f"--seed: {text!r} is not a non-negative integer or 'random'")
+    return int(text)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     sizes = _parse_sizes(args.sizes)
     policies = _parse_policies(args.policies)
     shards = _parse_shards(args.shards)
+    seed = _parse_seed(args.seed)
     if args.csv_column is not None and args.format not in (None, "csv"):
         raise UsageError(f"--csv-column is for CSV traces, not --format {args.format}")
     if args.plot:
@@ -145,7 +161,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         )
         keys = load_trace(path, args.format, csv_column=args.csv_column, csv_header=args.csv_header)
         results.append(
-            simulate(keys, sizes, policies, shards=shards, progress=progress, name=trace_name(path))
+            simulate(
+                keys, sizes, policies, shards=shards, progress=progress, name=trace_name(path),
+                seed=seed,
+            )
         )
     result = SimulationResult.concat(results)
     print(result.table())

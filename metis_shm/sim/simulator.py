@@ -19,6 +19,7 @@ items, as it does for any cache created with ``max_entries``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -143,6 +144,12 @@ def default_shard_count() -> int:
     )
 
 
+def hash_key(seed: int) -> tuple[int, int]:
+    """The SipHash key a simulation with ``seed`` gives its caches."""
+    digest = hashlib.blake2b(b"metis-simulate-%d" % seed, digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
 def simulate(
     trace: StrPath | Sequence[bytes | str],
     sizes: Iterable[int],
@@ -153,6 +160,7 @@ def simulate(
     name: str | None = None,
     format: str | None = None,
     csv_column: str | int | None = None,
+    seed: int | None = 0,
 ) -> SimulationResult:
     """Hit ratios of the engine's ``policies`` on ``trace`` at each of ``sizes``.
 
@@ -163,6 +171,9 @@ def simulate(
     the default shard count (``default_shard_count()``). ``progress(done,
     total)`` is called about every 1% of all the requests to replay.
     ``name``: the trace's name in the rows (default: from the file name).
+    ``seed``: the caches' hash key, so which keys share a bucket, a sketch
+    counter or a shard, is derived from it: the same seed gives the same hits
+    (``None``: a random key, as a real cache has).
     """
     if isinstance(trace, str | os.PathLike):
         keys: Sequence[bytes | str] = load_trace(trace, format, csv_column=csv_column)
@@ -195,6 +206,7 @@ def simulate(
                     max_entries=size,
                     max_key_size=65536,
                     compress_threshold=None,
+                    _hash_key=None if seed is None else hash_key(seed),
                 )
                 try:
                     get, put, drain = cache.get, cache.set, cache.drain
