@@ -227,7 +227,9 @@ def find_traces(folder: Path, quick: bool) -> list[Path]:
     return files
 
 
-def run(folder: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(
+    folder: Path, quick: bool, log: Callable[[str], None], seed: int | None = 0
+) -> dict[str, Any]:
     files = find_traces(folder, quick)
     if not files:
         raise SystemExit(f"no *.trace.* files in {folder}")
@@ -247,7 +249,7 @@ def run(folder: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]
         sizes = sizes_for(short)
         log(f"{trace_name(path)}: {len(keys):,} requests, sizes {sizes}")
         for shards in shard_counts:
-            result = simulate(keys, sizes, policies, shards=shards, name=short)
+            result = simulate(keys, sizes, policies, shards=shards, name=short, seed=seed)
             for r in result.rows:
                 rows.append(
                     Row(short, path.name, r.size, f"metis {r.policy}", r.policy, r.shards,
@@ -477,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_TRACES)}")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the JSON")
     parser.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the caches' hash key comes from it (default 0)")  # fmt: skip
     parser.add_argument("--markdown", action="store_true",
                         help="also print one markdown table (for docs/policies.md)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -485,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    report = run(args.traces, args.quick, log)
+    report = run(args.traces, args.quick, log, seed=args.seed)
+    report["seed"] = args.seed
     report["seconds"] = round(time.perf_counter() - start, 2)
     print(render(report))
     if args.markdown:
