@@ -162,7 +162,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         keys = load_trace(path, args.format, csv_column=args.csv_column, csv_header=args.csv_header)
         results.append(
             simulate(
-                keys, sizes, policies, shards=shards, progress=progress, name=trace_name(path),
+                keys,
+                sizes,
+                policies,
+                shards=shards,
+                progress=progress,
+                name=trace_name(path),
                 seed=seed,
             )
         )
