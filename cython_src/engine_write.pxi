@@ -219,6 +219,11 @@ cdef class _Writer(_Reader):
                 context={"argument": name, "value": repr(value)})
         return v
 
+    def _counter(self, value, str name):
+        """`value` as a counter argument, by the rule incr() applies (for a
+        tier that checks arguments before it sends them on)."""
+        return self._counter_arg(value, name)
+
     def incr(self, key, delta=1, *, default=None, ttl=None):
         """Add `delta` to a 64-bit counter atomically and return the result.
 

@@ -51,7 +51,7 @@ class FarTracking(DaemonState):
         log.info(
             "cache %r: near tier of %s (prefix %r, %s tracking, RESP%d, staleness bound %.3fs)",
             managed.name,
-            _public(far.url),
+            far.public_url,
             far.prefix,
             far.tracking,
             far.protocol,
@@ -66,11 +66,3 @@ class FarTracking(DaemonState):
         managed.tracker = None
         tracker.stop()
         SegmentTarget(managed.cache).set_state("stopped")
-
-
-def _public(url: str) -> str:
-    """The URL without a password, for logs."""
-    from urllib.parse import urlsplit
-
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.hostname}:{p.port or 6379}{p.path}"

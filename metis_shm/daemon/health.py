@@ -352,30 +352,29 @@ def render_metrics(caches: Mapping[str, Stats], daemon: Mapping[str, Any] | None
     for name, st in caches.items():
         info.add(1, cache=name, policy=st.policy)
     families.append(info)
-    dicts = {name: st.to_dict() for name, st in caches.items()}
-    for key, metric, kind, help_text in CACHE_METRICS:
-        fam = Family(metric, kind, help_text)
-        for name, d in dicts.items():
-            value = _metric_value(d.get(key))
-            if value is not None:
-                fam.add(value, cache=name)
-        families.append(fam)
+    families += _per_cache(CACHE_METRICS, {name: st.to_dict() for name, st in caches.items()})
     if daemon is not None:
         families.extend(_daemon_families(daemon))
-        families.extend(_far_families(daemon))
+        # The far tier's numbers of the near caches (metis_shm/far/report.py).
+        from metis_shm.far.report import FAR_METRICS
+
+        per_cache = daemon.get("caches", {})
+        families += _per_cache(
+            FAR_METRICS, {n: c["far"] for n, c in per_cache.items() if c.get("far")}
+        )
     return format_families(families)
 
 
-def _far_families(daemon: Mapping[str, Any]) -> list[Family]:
-    """The far tier's metrics of the near caches (metis_shm/far/report.py)."""
-    from metis_shm.far.report import FAR_METRICS
-
-    fars = {n: c["far"] for n, c in daemon.get("caches", {}).items() if c.get("far")}
+def _per_cache(
+    table: Iterable[tuple[str, str, str, str]], values: Mapping[str, Mapping[str, Any]]
+) -> list[Family]:
+    """One family per row of ``table`` (key, metric, type, help), a sample
+    per cache of ``values`` (cache name -> {key: value})."""
     families = []
-    for key, metric, kind, help_text in FAR_METRICS:
+    for key, metric, kind, help_text in table:
         fam = Family(metric, kind, help_text)
-        for name, far in fars.items():
-            value = _metric_value(far.get(key))
+        for name, d in values.items():
+            value = _metric_value(d.get(key))
             if value is not None:
                 fam.add(value, cache=name)
         families.append(fam)
@@ -430,14 +429,7 @@ def _daemon_families(daemon: Mapping[str, Any]) -> list[Family]:
     fam.add(int(reloads.get("ok", 0)), result="ok")
     fam.add(int(reloads.get("failed", 0)), result="failed")
     families.append(fam)
-    per_cache: Mapping[str, Mapping[str, Any]] = daemon.get("caches", {})
-    for key, metric, kind, help_text in DAEMON_CACHE_METRICS:
-        fam = Family(metric, kind, help_text)
-        for name, counters in per_cache.items():
-            value = _metric_value(counters.get(key))
-            if value is not None:
-                fam.add(value, cache=name)
-        families.append(fam)
+    families += _per_cache(DAEMON_CACHE_METRICS, daemon.get("caches", {}))
     return families
 
 

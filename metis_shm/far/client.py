@@ -57,8 +57,8 @@ class FarClient:
             return fn(*args, **kwargs)
         except (e.ConnectionError, e.TimeoutError) as exc:
             raise FarUnavailable(
-                f"Redis at {self._where()} did not answer: {exc}",
-                context={"url": self._where()},
+                f"Redis at {self.settings.public_url} did not answer: {exc}",
+                context={"url": self.settings.public_url},
             ) from exc
         except e.ResponseError as exc:
             msg = str(exc)
@@ -66,16 +66,13 @@ class FarClient:
                 raise NotACounter(f"the value in Redis is not an integer counter: {msg}") from exc
             if "overflow" in msg:
                 raise CounterOverflow(f"Redis refused the increment: {msg}") from exc
-            raise FarError(f"Redis refused: {msg}", context={"url": self._where()}) from exc
+            raise FarError(
+                f"Redis refused: {msg}", context={"url": self.settings.public_url}
+            ) from exc
         except e.RedisError as exc:
-            raise FarError(f"Redis client error: {exc}", context={"url": self._where()}) from exc
-
-    def _where(self) -> str:
-        # The URL without its password: errors end up in logs.
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.settings.url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+            raise FarError(
+                f"Redis client error: {exc}", context={"url": self.settings.public_url}
+            ) from exc
 
     # ---- reads --------------------------------------------------------------
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import psutil
+
 from metis_shm import _engine
 from metis_shm.cache import Cache
 from metis_shm.errors import FarError, FarUnavailable, KeyNotFound
@@ -207,7 +209,7 @@ class NearCache(Cache):
                     return default  # absent in Redis, and not written since
                 _Engine.delete(self, lease)
                 return _MISS
-            if not _alive(int(holder)) or time.monotonic() >= deadline:
+            if not psutil.pid_exists(int(holder)) or time.monotonic() >= deadline:
                 return _MISS  # the lease dies with its owner
             waited = True
             time.sleep(pause)
@@ -365,8 +367,8 @@ class NearCache(Cache):
     ) -> int:
         """Redis's INCRBY: atomic across the fleet."""
         self._check_key(key)
-        d = self._counter_check(delta, "delta")
-        start = None if default is None else self._counter_check(default, "default")
+        d = self._counter(delta, "delta")
+        start = None if default is None else self._counter(default, "default")
         result = self._client.incr(key, d, start, ttl)
         self._written(key)
         if result is None:
@@ -377,7 +379,7 @@ class NearCache(Cache):
         self, key: Any, delta: int = 1, *, default: int | None = None, ttl: float | None = None
     ) -> int:
         """incr(key, -delta)."""
-        return self.incr(key, -self._counter_check(delta, "delta"), default=default, ttl=ttl)
+        return self.incr(key, -self._counter(delta, "delta"), default=default, ttl=ttl)
 
     def set_many(self, mapping: Any, ttl: float | None = None) -> None:
         """Pipelined SETs; every key checked and every value encoded first."""
@@ -413,18 +415,6 @@ class NearCache(Cache):
         # The engine's rules (type, size) before Redis sees the key.
         self.fill_token(key)
 
-    def _counter_check(self, value: Any, name: str) -> int:
-        from metis_shm.errors import CounterOverflow, InvalidArgument
-
-        if type(value) is bool or not isinstance(value, int):
-            raise InvalidArgument(
-                f"{name} must be an int, not {type(value).__name__} ({value!r})",
-                context={"argument": name, "value": repr(value)},
-            )
-        if not -(1 << 63) <= value < (1 << 63):
-            raise CounterOverflow(f"{name} {value} is outside the signed 64-bit range")
-        return value
-
     def far_stats(self) -> dict[str, Any]:
         """The far tier's counters and the tracker's state, for this machine
         (metis_shm/far/report.py)."""
@@ -448,13 +438,3 @@ def _lease_key(key: Any) -> bytes:
     if isinstance(key, str):
         return _LEASE + b"s" + key.encode()
     return _LEASE + b"b" + bytes(key)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

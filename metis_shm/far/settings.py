@@ -125,6 +125,12 @@ class FarSettings:
         )
 
     @property
+    def public_url(self) -> str:
+        """The URL without user or password, for messages and logs."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+    @property
     def redis_prefix(self) -> bytes:
         """The prefix as Redis sees it."""
         return self.prefix.encode()

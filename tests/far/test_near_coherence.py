@@ -18,7 +18,7 @@ import pytest
 from _machines import Machine, percentile, start_machine, wait_until
 from _workers import new_name
 
-from metis_shm import FarUnavailable
+from metis_shm import Cache, FarUnavailable
 from metis_shm.far.encoding import MAGIC
 
 pytestmark = pytest.mark.integration
@@ -60,13 +60,11 @@ def test_a_write_through_a_removes_b_copy(
             2.0,
             "B fills its near copy",
         )
-        t0 = time.perf_counter()
         a.cache.set(key, b"new-%d" % i)
         wrote = time.perf_counter()
         wait_until(lambda k=key: b.cache.peek(k) is None, BOUND, "B's copy dies", step=0)
         delays.append(time.perf_counter() - wrote)
         assert b.cache.get(key) == b"new-%d" % i
-        del t0
     p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
     print(
         f"invalidation delay ({mode[0]}, RESP{mode[1]}): p50 {p50 * 1e6:.0f} us, "
@@ -185,3 +183,29 @@ def test_redis_stopped_partition(
 def encoding_of(value: bytes) -> bytes:
     """How NearCache stores a bytes value in Redis (metis_shm/far/encoding.py)."""
     return MAGIC + (0).to_bytes(4, "little") + value
+
+
+def test_without_metisd_every_read_goes_to_redis(
+    redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No tracker vouches: the near tier serves and fills nothing, and the
+    open says why."""
+    name = new_name()
+    r = redis_server.client()
+    r.set("solo:k", b"7")
+    try:
+        with caplog.at_level("WARNING", logger="metis_shm.far"):
+            cache = Cache(name, far={"url": redis_server.url, "prefix": "solo:"})
+        assert "no metisd tracks Redis" in caplog.text
+        assert not cache.gate_open
+
+        def gets() -> int:
+            return int(r.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+        before = gets()
+        assert [cache.get("k") for _ in range(3)] == [7, 7, 7]
+        assert gets() - before == 3
+        assert cache.peek("k") is None and cache.get_ungated("k") is None
+        cache.close()
+    finally:
+        Cache.destroy(name)
