@@ -15,7 +15,9 @@
 # Reuse rule: lock-free readers may be inside any block that was ever
 # reachable from the index. do_free bumps the shard's reclaim sequence
 # (do_reclaim_begin) before its first store into the block, so a reader that
-# saw any of what follows retries (optimistic.pxd).
+# saw any of what follows retries (optimistic.pxd). Such a block is freed
+# through pins.pxd's do_release, which keeps it while a view pins it; do_free
+# itself is for blocks no view can hold.
 #
 # Fit rule: an allocation evicts only when no free block is large enough.
 # Blocks merge with free neighbours as they are freed, so free space is
@@ -25,7 +27,7 @@
 # Functions named do_* expect the caller to hold the shard lock.
 from libc.stdint cimport uint32_t, uint64_t
 from layout cimport (ShardRef, FreeBlock, ARENA_RESERVED, MIN_BLOCK, N_BINS,
-                     BLOCK_USED, BLOCK_PREV_FREE, block_size)
+                     BLOCK_USED, BLOCK_PREV_FREE, BLOCK_ZOMBIE, block_size)
 from includes.sync cimport (METIS_CRASH_POINT, metis_store_release_u32, metis_store_release_u64,
                             metis_load_relaxed_u64, metis_fence_release)
 
@@ -233,7 +235,8 @@ cdef inline void alloc_rebuild(ShardRef *s) noexcept nogil:
                 do_bin_insert(s, run_start, run_size)
                 free_total += run_size
                 run_size = 0
-            hdr_word(s, off)[0] = size | BLOCK_USED | (BLOCK_PREV_FREE if prev_free else 0)
+            hdr_word(s, off)[0] = size | BLOCK_USED | (hdr & BLOCK_ZOMBIE) | \
+                (BLOCK_PREV_FREE if prev_free else 0)
             prev_free = False
         else:
             if run_size == 0:

@@ -4,7 +4,7 @@
 # the garbage collector off while it holds the lock.
 from libc.stdint cimport uint32_t, uint64_t
 from layout cimport (ShardRef, Item, item_at, ARENA_RESERVED, ITEM_HEADER_SIZE,
-                     N_BINS, BLOCK_USED, BLOCK_PREV_FREE, FLAG_KEY_STR)
+                     N_BINS, BLOCK_USED, BLOCK_PREV_FREE, BLOCK_ZOMBIE, FLAG_KEY_STR)
 from allocator cimport hdr_word, free_at, bin_of, block_header_ok
 
 
@@ -16,6 +16,8 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
     cdef uint64_t free_total = 0, used_blocks = 0, n_free = 0, b
     cdef Item *it
     cdef set starts = set(), used = set(), free_blocks = set(), indexed = set(), keys = set()
+    cdef set zombies = set(), listed = set()
+    cdef uint64_t zombie_bytes = 0
     if s.sh.writing:
         problems.append(f"{where}: a write section is open with no writer")
     # Blocks tile the arena.
@@ -25,12 +27,14 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
         if not block_header_ok(s, off, size):
             problems.append(f"{where}: bad block header {hdr:#x} at offset {off}")
             break
-        if hdr & 4:
-            problems.append(f"{where}: block {off} has an unknown header bit set")
+        if (hdr & BLOCK_ZOMBIE) and not (hdr & BLOCK_USED):
+            problems.append(f"{where}: free block {off} is marked a zombie")
         if bool(hdr & BLOCK_PREV_FREE) != (not (prev_hdr & BLOCK_USED)):
             problems.append(f"{where}: block {off} PREV_FREE bit disagrees with its neighbour")
         starts.add(off)
-        if hdr & BLOCK_USED:
+        if hdr & BLOCK_ZOMBIE:
+            zombies.add(off)
+        elif hdr & BLOCK_USED:
             used.add(off)
             used_blocks += 1
         else:
@@ -103,6 +107,20 @@ cdef inline list do_shard_check(ShardRef *s, uint32_t shard_shift, uint32_t n_sh
                 problems.append(f"{where}: chain of bucket {b} is longer than the shard can "
                                 f"hold ({s.chain_limit} items): it loops")
                 break
+    # The zombie list holds exactly the zombie blocks (pins.pxd), each once.
+    off = s.sh.zombie_head
+    while off:
+        if off not in zombies or off in listed:
+            problems.append(f"{where}: zombie list holds {off}, not a zombie block once")
+            break
+        listed.add(off)
+        zombie_bytes += hdr_word(s, off)[0] & ~(<uint32_t>7)
+        off = item_at(s, off).qnext
+    if listed != zombies:
+        problems.append(f"{where}: {len(zombies)} zombie blocks, {len(listed)} on the list")
+    if len(listed) != s.sh.zombie_count or zombie_bytes != s.sh.zombie_bytes:
+        problems.append(f"{where}: zombie_count/bytes say {s.sh.zombie_count}/"
+                        f"{s.sh.zombie_bytes}, the list {len(listed)}/{zombie_bytes}")
     if len(indexed) != used_blocks:
         problems.append(f"{where}: {used_blocks} used blocks, {len(indexed)} indexed (leak)")
     if len(indexed) != s.sh.items:

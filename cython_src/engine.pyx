@@ -20,6 +20,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.buffer cimport PyBuffer_FillInfo
 from libc.math cimport isfinite
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
@@ -27,7 +28,7 @@ from libc.string cimport memcpy, memset
 
 from layout cimport *
 from hashing cimport metis_hash, metis_siphash
-from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable
+from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable, hdr_word
 from index cimport (INDEX_TORN, item_offset_ok, do_index_find, do_index_insert,
                     do_index_replace)
 from optimistic cimport (OptItem, OPT_FOUND, OPT_MISS, OPT_BROKEN, opt_begin, opt_still,
@@ -38,6 +39,8 @@ from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, d
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
                      do_policy_victim, PENDING_ADMITTED)
 from sweep cimport do_sweep
+from pins cimport (pin_entry, pin_insert, pin_remove, pin_mask_set, pin_mask_clear,
+                   pins_clear_slot, do_zombie_reap, do_release)
 from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
                     do_shard_repair)
 from posix.unistd cimport getpid
@@ -68,6 +71,7 @@ SHARD_OVERHEAD = ARENA_RESERVED
 POLICIES = {"wtinylfu": POLICY_WTINYLFU, "sieve": POLICY_SIEVE, "lru": POLICY_LRU,
             "arc": POLICY_ARC, "2q": POLICY_2Q, "s3fifo": POLICY_S3FIFO}
 CRASH_POINTS = 6
+MAX_PINS = PIN_MAX          # distinct blocks one process may pin at once
 
 cdef enum:
     # A reader retries only when a running writer reclaimed a block of its
@@ -173,6 +177,11 @@ cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept:
 cdef inline uint64_t _round_up(uint64_t n, uint64_t a) noexcept:
     return (n + a - 1) // a * a
 
+cdef inline uint64_t _pin_mask_stride(uint64_t words) noexcept:
+    """Bytes per shard's pin mask: its own cache line(s), as readers set
+    bits in it while writers read it."""
+    return _round_up(words * 8, 64)
+
 cdef inline uint64_t _ghost_bytes(uint64_t ghost_cap) noexcept:
     """Two rings of ghost_cap hashes and their probe table."""
     return ghost_cap * 16 + (_pow2_at_least(4 * ghost_cap) * 4 if ghost_cap else 0)
@@ -239,7 +248,12 @@ def plan_layout(uint64_t capacity, uint32_t n_shards, uint64_t max_entries=0,
     plan["bitmap_offset"] = off
     off = _round_up(off + <uint64_t>n_shards * plan["bitmap_stride"], 64)
     plan["policy_offset"] = off
-    off = _round_up(off + <uint64_t>n_shards * plan["policy_stride"], 4096)
+    off = _round_up(off + <uint64_t>n_shards * plan["policy_stride"], 64)
+    plan["pin_mask_words"] = (n_slots + 63) // 64
+    plan["pin_masks_offset"] = off
+    off += <uint64_t>n_shards * _pin_mask_stride(plan["pin_mask_words"])
+    plan["pin_tables_offset"] = off
+    off = _round_up(off + <uint64_t>n_slots * PIN_TABLE_WORDS * 8, 4096)
     plan["arena_offset"] = off
     off += arena * n_shards
     plan["segment_size"] = _round_up(off, 4096)
@@ -291,6 +305,7 @@ cdef struct ValueView:
 # The Engine class, one file per path (each a subclass of the one before):
 include "engine_segment.pxi"
 include "engine_read.pxi"
+include "engine_view.pxi"
 include "engine_write.pxi"
 include "engine_coherence.pxi"
 include "engine_admin.pxi"

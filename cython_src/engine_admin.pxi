@@ -122,8 +122,22 @@ cdef class Engine(_Coherent):
             out.append((hits, misses, s.sh.sets, s.sh.deletes, s.sh.evictions,
                         s.sh.expirations, s.sh.items, arena_usable(s) - s.sh.free_bytes,
                         arena_usable(s), s.sh.free_bytes, largest, s.sh.lock_waits, retries,
-                        s.sh.lock_recoveries, s.sh.repairs))
+                        s.sh.lock_recoveries, s.sh.repairs, s.sh.zombie_count,
+                        s.sh.zombie_bytes))
         return out
+
+    def _raw_pins(self):
+        """(views, bytes) pinned now by every process's slot together."""
+        cdef uint32_t j
+        cdef SlotHeader *sl
+        cdef uint64_t pins = 0, nbytes = 0
+        self._check_open()
+        for j in range(1, self._hdr.n_slots):
+            sl = self._slot_at(j)
+            if metis_load_relaxed_u32(&sl.pid):
+                pins += metis_load_relaxed_u32(&sl.pins)
+                nbytes += metis_load_relaxed_u64(&sl.pinned_bytes)
+        return pins, nbytes
 
     def _export_shard(self, uint32_t shard):
         """Every live item of one shard as (key bytes, flags, expire_ns, value

@@ -32,10 +32,21 @@ cdef class _Segment:
     cdef list _largest_seen
     cdef Coherence *_coh
     cdef bint _read_through
+    # Pins (pins.pxd, engine_view.pxi): this process's side. NULL table:
+    # no slot of our own, so views are private copies.
+    cdef uint64_t *_pin_table
+    cdef uint32_t *_pins_in_shard
+    cdef dict _pins                 # entry -> [views, bytes]
+    cdef uint64_t _pinned_bytes
+    cdef uint64_t _pin_limit
+    cdef uint64_t _pin_epoch        # bumped at fork: views of the parent are not ours
+    cdef bint _close_pending
 
 
     def __dealloc__(self):
         self._unmap()
+        free(self._pins_in_shard)
+        self._pins_in_shard = NULL
 
     # ---- mapping -----------------------------------------------------------
 
@@ -163,6 +174,11 @@ cdef class _Segment:
             s.index = i
             s.max_value = h.max_value_size
             s.chain_limit = s.arena_size // MIN_BLOCK
+            s.pin_mask = <uint64_t *>(self._base + h.pin_masks_offset
+                                      + <uint64_t>i * _pin_mask_stride(h.pin_mask_words))
+            s.pin_tables = <uint64_t *>(self._base + h.pin_tables_offset)
+            s.pin_mask_words = h.pin_mask_words
+            s.n_slots = h.n_slots
 
     def _set_codec(self, codec):
         self._codec = codec
@@ -188,6 +204,7 @@ cdef class _Segment:
         cdef uint32_t i, pid = os.getpid(), owner
         cdef SlotHeader *sl
         self._slot = NULL
+        self._reset_pins()
         for i in range(1, self._hdr.n_slots):
             sl = self._slot_at(i)
             if metis_load_relaxed_u32(&sl.pid) == 0 and metis_cas_u32(&sl.pid, 0, pid):
@@ -199,12 +216,14 @@ cdef class _Segment:
             if owner != pid and kill(owner, 0) == -1 and errno == ESRCH:
                 if metis_cas_u32(&sl.pid, owner, pid):
                     self._fold_slot(sl)
+                    self._forget_pins(i)
                     self._take_slot(sl)
                     return
         self._slot = self._slot_at(0)
         self._counters = <SlotCounters *>((<char *>self._slot) + SLOT_HEADER_SIZE)
         self._shared_slot = True
         self._stripe = pid
+        self._pin_table = NULL
 
     cdef void _take_slot(self, SlotHeader *sl) noexcept:
         sl.claimed_ns = metis_now_ns()
@@ -214,6 +233,30 @@ cdef class _Segment:
                                   // self._hdr.slot_size)
         self._counters = <SlotCounters *>((<char *>sl) + SLOT_HEADER_SIZE)
         self._shared_slot = False
+        self._pin_table = self._shards[0].pin_tables + <uint64_t>self._stripe * PIN_TABLE_WORDS
+
+    cdef int _reset_pins(self) except -1:
+        """Start with no pins (a new slot; a child after fork, whose parent's
+        views are the parent's)."""
+        if self._pins_in_shard == NULL:
+            self._pins_in_shard = <uint32_t *>malloc(sizeof(uint32_t) * self._n_shards)
+            if self._pins_in_shard == NULL:
+                raise MemoryError()
+        memset(self._pins_in_shard, 0, sizeof(uint32_t) * self._n_shards)
+        self._pins = {}
+        self._pinned_bytes = 0
+        self._pin_epoch += 1
+        self._pin_table = NULL
+        return 0
+
+    cdef void _forget_pins(self, uint32_t slot) noexcept:
+        """The pins of a slot whose owner is gone: their blocks may be freed
+        (the zombies they held are reaped by the next writer that needs room,
+        or metisd's tick)."""
+        cdef SlotHeader *sl = self._slot_at(slot)
+        pins_clear_slot(self._shards, self._n_shards, slot)
+        metis_store_relaxed_u32(&sl.pins, 0)
+        metis_store_relaxed_u64(&sl.pinned_bytes, 0)
 
     cdef void _fold_slot(self, SlotHeader *sl) noexcept:
         """Add a slot's counters into shared slot 0 and zero them."""
@@ -255,14 +298,17 @@ cdef class _Segment:
         if not metis_cas_u32(&sl.pid, pid, me):
             return False
         self._fold_slot(sl)
+        self._forget_pins(index)
         metis_store_release_u32(&sl.pid, 0)
         return True
 
     def _release_slot(self):
         if self._slot != NULL and not self._shared_slot:
             self._fold_slot(self._slot)
+            self._forget_pins(self._stripe)
             metis_store_release_u32(&self._slot.pid, 0)
         self._slot = NULL
+        self._pin_table = NULL
 
     cdef inline void _bump(self, uint64_t *counter) noexcept:
         # Own slot: only this process writes it, and the GIL orders our
@@ -275,9 +321,15 @@ cdef class _Segment:
     # ---- closing -----------------------------------------------------------
 
     def _close_engine(self):
-        if self._base != NULL and not self._closed:
-            self._release_slot()
         self._closed = True
+        if self._pins:
+            # Views are open: their memory stays mapped and pinned until the
+            # last one is released, which finishes the close (_pin_drop).
+            self._close_pending = True
+            return
+        self._close_pending = False
+        if self._base != NULL:
+            self._release_slot()
         # A thread of ours may be waiting (GIL released) for a shard lock in
         # this mapping: leave the unmapping to __dealloc__ then.
         if self._lock_waiters == 0:

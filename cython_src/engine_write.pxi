@@ -3,7 +3,7 @@
 # every change to a shard, under its lock, inside a write section.
 
 
-cdef class _Writer(_Reader):
+cdef class _Writer(_Viewer):
     """set, add, replace, delete, pop, touch, incr, the *_many forms, clear,
     drain and sweep."""
 
@@ -46,6 +46,12 @@ cdef class _Writer(_Reader):
                     do_item_evict(s, victim, now)
         # Evict only when no free block fits (allocator.pxd's fit rule).
         off = do_alloc(s, need, True)
+        if off == 0 and s.sh.zombie_head:
+            # Short of room with blocks held back by views: give back those
+            # whose views closed, or whose process died, before evicting.
+            if do_zombie_reap(s) == 0 and self._forget_dead_pinners(s):
+                do_zombie_reap(s)
+            off = do_alloc(s, need, True)
         while off == 0:
             victim = do_policy_victim(s)
             if victim == 0:
@@ -65,7 +71,7 @@ cdef class _Writer(_Reader):
             do_index_replace(s, link, item_at(s, old), off, it)
             METIS_CRASH_POINT(6)
             do_policy_replace(s, old, off)
-            do_free(s, old)
+            do_release(s, old)
         else:
             if not (s.sh.pending & PENDING_ADMITTED):
                 do_policy_admit(s, kv.h)

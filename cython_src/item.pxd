@@ -8,7 +8,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 from layout cimport ShardRef, Item, item_at, ITEM_HEADER_SIZE
-from allocator cimport do_free
+from pins cimport do_release
 from index cimport do_index_unlink, do_index_link_of
 from policy cimport do_policy_remove
 from coherence cimport item_stamp_dead
@@ -44,7 +44,7 @@ cdef inline void do_item_remove(ShardRef *s, uint32_t *link, uint32_t off) noexc
     """Unlink (the commit), leave the policy queue, free the block."""
     do_index_unlink(s, link, item_at(s, off))
     do_policy_remove(s, off, False)
-    do_free(s, off)
+    do_release(s, off)
 
 cdef inline void do_item_evict(ShardRef *s, uint32_t off, uint64_t now_ns) noexcept nogil:
     """Remove a policy victim; an expired victim counts as an expiration (and
@@ -58,4 +58,4 @@ cdef inline void do_item_evict(ShardRef *s, uint32_t off, uint64_t now_ns) noexc
     if link != NULL:
         do_index_unlink(s, link, item_at(s, off))
     do_policy_remove(s, off, not expired)
-    do_free(s, off)
+    do_release(s, off)

@@ -11,7 +11,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 cdef enum:
-    LAYOUT_VERSION = 3
+    LAYOUT_VERSION = 4
     HEADER_SIZE = 4096
     COHERENCE_OFFSET = 2048  # the Coherence block, inside the header page
     COHERENCE_WORDS = 216  # 24 counters and states, 192 slots (metis_shm/far/words.py)
@@ -33,6 +33,14 @@ cdef enum:
     # Low bits of a block header word; the size is a multiple of 8.
     BLOCK_USED = 1
     BLOCK_PREV_FREE = 2
+    BLOCK_ZOMBIE = 4        # used, unlinked, kept while a view pins it (pins.pxd)
+
+    # Pin tables (pins.pxd): per stats slot, PIN_LINES cache lines of 8
+    # entries and an overflow line set, one header line first.
+    PIN_LINES = 64
+    PIN_OVERFLOW = 64
+    PIN_TABLE_WORDS = 8 + PIN_LINES * 8 + PIN_OVERFLOW
+    PIN_MAX = 256           # pins one process may hold (the table's load bound)
 
     # Item flags: the engine reads the key-type bit and the counter kind;
     # the rest belongs to the codec (metis_shm/codec.py).
@@ -93,6 +101,12 @@ cdef struct SegmentHeader:
     uint64_t hash_seed2
     # One stamp counter per index bucket (coherence.pxd), per shard.
     uint64_t stamps_offset
+    # Pins (pins.pxd): per shard, a mask of the slots pinning in it (its own
+    # cache line); then per slot, a table of its pins.
+    uint64_t pin_masks_offset
+    uint64_t pin_tables_offset
+    uint32_t pin_mask_words
+    uint32_t _pad_pins
 
 # Coherence (coherence.pxd): what lets another tier invalidate this one. The
 # engine knows only generations, stamps and a gate; what drives them (a
@@ -153,7 +167,14 @@ cdef struct ShardHeader:
     # Allocator: one free list per power-of-two size class.
     uint32_t bin_heads[32]
     uint32_t bin_bitmap
-    uint32_t _pad_alloc[15]
+    # Zombies (pins.pxd): blocks taken out of the cache while a view pinned
+    # them, linked through their qnext, freed once no pin holds them.
+    uint32_t zombie_head
+    uint32_t zombie_count
+    uint32_t _pad_alloc
+    uint64_t zombie_bytes
+    uint64_t zombies_freed
+    uint32_t _pad_alloc2[8]
     # Policy state (policy.pxd): up to four queues and what the policies
     # keep beside them. 256 bytes.
     PolicyList lists[4]
@@ -184,9 +205,10 @@ cdef struct ShardHeader:
 
 cdef struct SlotHeader:
     uint32_t pid
-    uint32_t _pad
+    uint32_t pins           # views this process holds (pins.pxd)
     uint64_t claimed_ns
-    uint64_t _pad2[6]
+    uint64_t pinned_bytes   # the blocks those views hold
+    uint64_t _pad2[5]
 
 # Per process, per shard: counters a reader bumps without any shared write.
 cdef struct SlotCounters:
@@ -233,6 +255,10 @@ cdef struct ShardRef:
     uint32_t index
     uint32_t max_value      # of the cache: a longer value_len is torn or forged
     uint64_t chain_limit    # most items the shard can hold: a longer chain loops
+    uint64_t *pin_mask      # this shard's mask: bit i = slot i may pin here
+    uint64_t *pin_tables    # slot i's table at pin_tables + i * PIN_TABLE_WORDS
+    uint32_t pin_mask_words
+    uint32_t n_slots
 
 cdef inline Item *item_at(ShardRef *s, uint32_t off) noexcept nogil:
     return <Item *>(s.arena + off)

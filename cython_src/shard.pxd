@@ -21,8 +21,9 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from posix.unistd cimport getpid
 from layout cimport (ShardRef, Item, item_at, ARENA_RESERVED, ITEM_HEADER_SIZE,
-                     BLOCK_USED, BLOCK_PREV_FREE, MIN_BLOCK)
+                     BLOCK_USED, BLOCK_PREV_FREE, BLOCK_ZOMBIE, MIN_BLOCK)
 from allocator cimport hdr_word, alloc_init, alloc_rebuild, block_header_ok, do_reclaim_begin
+from pins cimport pin_held, shard_pinned, do_zombie_push, do_zombie_forget
 from policy cimport do_policy_reset, do_queue_push_head, policy_rebuild_queue
 from includes.sync cimport (metis_mutex_init, metis_mutex_timedlock, metis_mutex_trylock,
                             metis_mutex_unlock, metis_mutex_consistent, metis_load_acquire_u32,
@@ -106,13 +107,42 @@ cdef inline void shard_unlock(ShardRef *s) noexcept nogil:
 
 
 cdef inline void do_shard_reset(ShardRef *s) noexcept nogil:
-    """Empty the shard (clear): one free block, empty index and queue."""
+    """Empty the shard (clear): one free block, empty index and queue.
+
+    Blocks a view pins stay where they are, as zombies (pins.pxd): then the
+    rest of the arena is freed around them."""
     memset(s.buckets, 0, (<size_t>s.bucket_mask + 1) * sizeof(uint32_t))
     do_reclaim_begin(s)  # after the index is empty, before blocks change
     memset(s.hints, 0, <size_t>(s.arena_size >> 6) + 1)
-    alloc_init(s)
+    if s.sh.zombie_head or shard_pinned(s):
+        _free_unpinned(s)
+    else:
+        do_zombie_forget(s)
+        alloc_init(s)
     do_policy_reset(s)
     s.sh.items = 0
+
+
+cdef inline void _free_unpinned(ShardRef *s) noexcept nogil:
+    """Mark every used block free but the pinned ones, which become the
+    zombie list; then rebuild the free lists. Restartable: a second run
+    finds the same pins and redoes the same marks."""
+    cdef uint32_t off = ARENA_RESERVED, hdr, size
+    do_zombie_forget(s)
+    while off < s.arena_size:
+        hdr = hdr_word(s, off)[0]
+        size = hdr & ~(<uint32_t>7)
+        if not block_header_ok(s, off, size):
+            hdr_word(s, off)[0] = <uint32_t>(s.arena_size - off)
+            break
+        if hdr & BLOCK_USED:
+            if pin_held(s, off):
+                hdr_word(s, off)[0] = hdr & ~(<uint32_t>BLOCK_ZOMBIE)
+                do_zombie_push(s, off)
+            else:
+                hdr_word(s, off)[0] = size
+        off += size
+    alloc_rebuild(s)
 
 
 cdef inline bint _bit(uint8_t *bits, uint32_t off) noexcept nogil:
@@ -130,7 +160,8 @@ cdef inline void do_shard_repair(ShardRef *s) noexcept nogil:
        used block start not reached before, whose hash belongs to that bucket
        and whose item fits its block; note the rest as reached (private);
     3. free every used block the index does not reach (a half-written item,
-       or one unlinked but not yet freed);
+       or one unlinked but not yet freed), unless a view pins it: that one
+       joins the zombie list, which is rebuilt here from scratch;
     4. rebuild free lists, footers and counters, and the policy queue.
     Items lose their queue order and segment (they all go to the policy's
     main queue) and ghosts are forgotten; hint bytes stay.
@@ -192,12 +223,20 @@ cdef inline void do_shard_repair(ShardRef *s) noexcept nogil:
     # freed below, and readers inside them retry.
     do_reclaim_begin(s)
     # 3.
+    do_zombie_forget(s)
     off = ARENA_RESERVED
     while off < s.arena_size:
         hdr = hdr_word(s, off)[0]
         size = hdr & ~(<uint32_t>7)
         if (hdr & BLOCK_USED) and not _bit(reached, off):
-            hdr_word(s, off)[0] = size
+            if pin_held(s, off):
+                hdr_word(s, off)[0] = hdr & ~(<uint32_t>BLOCK_ZOMBIE)
+                do_zombie_push(s, off)
+            else:
+                hdr_word(s, off)[0] = size
+        elif hdr & BLOCK_ZOMBIE:
+            # A zombie the index reaches again cannot be: it is an item.
+            hdr_word(s, off)[0] = hdr & ~(<uint32_t>BLOCK_ZOMBIE)
         off += size
     free(reached)
     # 4.
@@ -206,7 +245,7 @@ cdef inline void do_shard_repair(ShardRef *s) noexcept nogil:
     off = ARENA_RESERVED
     while off < s.arena_size:
         hdr = hdr_word(s, off)[0]
-        if hdr & BLOCK_USED:
+        if (hdr & BLOCK_USED) and not (hdr & BLOCK_ZOMBIE):
             do_queue_push_head(s, policy_rebuild_queue(s), off)
         off += hdr & ~(<uint32_t>7)
     s.sh.items = items

@@ -92,6 +92,7 @@ class Cache(_engine.Engine):
         trusted_owners: Iterable[int | str] = (),
         allow_foreign_owner: bool = False,
         strict: bool = False,
+        max_pinned: int | str | None = None,
         far: Any = None,
         _hash_key: tuple[int, int] | None = None,
     ) -> None:
@@ -170,6 +171,7 @@ class Cache(_engine.Engine):
         )
         self._set_codec(self._codec_obj)
         self._claim_slot()
+        self._set_pin_limit(_pin_limit(max_pinned, header["capacity"]))
         _open_caches.add(self)
         self.created = opened.created
 
@@ -239,7 +241,7 @@ class Cache(_engine.Engine):
         header = self._header()
         return build_stats(
             self._raw_stats(), name=self.name, policy=self.policy,
-            segment_size=header["segment_size"],
+            segment_size=header["segment_size"], pins=self._raw_pins(),
         )  # fmt: skip
 
     @property
@@ -273,8 +275,24 @@ class Cache(_engine.Engine):
         return bool(h["daemon_pid"]) and time.time_ns() - h["daemon_heartbeat_ns"] < 10**10
 
     def _after_fork_in_child(self) -> None:
+        # The parent's views and pins are the parent's, closed or not.
+        self._forget_parent_pins()
         if not self.closed:
             self._claim_slot()
+
+
+def _pin_limit(max_pinned: int | str | None, capacity: int) -> int:
+    """Bytes one process may hold pinned in views: an eighth of the cache
+    unless said otherwise, so a few processes' views cannot hold it all."""
+    if max_pinned is None:
+        return capacity // 8
+    limit = parse_size(max_pinned, "max_pinned")
+    if limit <= 0:
+        raise InvalidConfig(
+            f"max_pinned must be a positive size, not {max_pinned!r}",
+            context={"field": "max_pinned", "value": max_pinned},
+        )
+    return limit
 
 
 def _serializer_name(number: int) -> str:

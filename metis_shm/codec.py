@@ -146,13 +146,27 @@ class Codec:
                 context={"flags": flags},
             ) from exc
 
-    def _decode(self, flags: int, data: bytes) -> Any:
+    def decompress(self, flags: int, data: bytes) -> bytes:
+        """The payload of a compressed item, uncompressed (views)."""
+        try:
+            return self._uncompressed(flags, data)
+        except zlib.error as exc:
+            raise SerializationFailed(
+                f"a stored value does not decompress as its flags {flags:#x} say: {exc}",
+                context={"flags": flags},
+            ) from exc
+
+    def _uncompressed(self, flags: int, data: bytes) -> bytes:
         if flags & CODEC_MASK == CODEC_ZLIB:
-            data = zlib.decompress(data)
-        elif flags & CODEC_MASK:
+            return zlib.decompress(data)
+        if flags & CODEC_MASK:
             raise SerializationFailed(
                 f"unknown compression codec {flags & CODEC_MASK:#x}", context={"flags": flags}
             )
+        return data
+
+    def _decode(self, flags: int, data: bytes) -> Any:
+        data = self._uncompressed(flags, data)
         kind = flags & KIND_MASK
         if kind == KIND_BYTES:
             return data

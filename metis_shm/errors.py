@@ -197,6 +197,13 @@ class CryptoUnavailable(MetisError, ImportError):
     code = "CRYPTO_UNAVAILABLE"
 
 
+class PinLimit(MetisError, MemoryError):
+    """A view would pin more than this process may hold (``max_pinned``
+    bytes, or the pin table's count)."""
+
+    code = "PIN_LIMIT"
+
+
 class FarUnavailable(MetisError, ConnectionError):
     """The far tier (Redis) did not answer: refused, reset or timed out. A
     write that raises this changed nothing in the near tier; whether Redis
@@ -242,5 +249,6 @@ ERROR_CLASSES: dict[str, type[MetisError]] = {
         CryptoUnavailable,
         FarUnavailable,
         FarError,
+        PinLimit,
     )
 }

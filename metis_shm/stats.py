@@ -10,7 +10,7 @@ import msgspec
 _RAW_FIELDS = (
     "hits", "misses", "sets", "deletes", "evictions", "expirations", "items", "bytes_used",
     "capacity", "free_bytes", "largest_free", "lock_waits", "read_retries", "lock_recoveries",
-    "repairs",
+    "repairs", "held_blocks", "held_bytes",
 )  # fmt: skip
 
 
@@ -18,7 +18,7 @@ _RAW_FIELDS = (
 SUMMARY_FIELDS = (
     "hits", "misses", "hit_ratio", "sets", "deletes", "evictions", "expirations", "items",
     "bytes_used", "capacity", "fragmentation", "lock_waits", "read_retries", "lock_recoveries",
-    "repairs",
+    "repairs", "pins", "pinned_bytes", "held_bytes",
 )  # fmt: skip
 
 
@@ -40,6 +40,10 @@ class ShardStats(msgspec.Struct, frozen=True):
     read_retries: int
     lock_recoveries: int  # lock owners found dead
     repairs: int  # of those, the ones that died mid-change: the shard was rebuilt
+    # Blocks taken out of the cache (overwritten, deleted, evicted...) while a
+    # view pinned them: kept until the view closes, not reusable till then.
+    held_blocks: int = 0
+    held_bytes: int = 0
 
     @property
     def fragmentation(self) -> float:
@@ -63,6 +67,8 @@ class Stats(ShardStats, frozen=True, kw_only=True):
     n_shards: int
     segment_size: int
     fragmentation_total: float = 0.0
+    pins: int = 0  # views open now, every process together
+    pinned_bytes: int = 0  # the blocks they pin (held or still in the cache)
     shards: list[ShardStats] = []
 
     @property
@@ -91,8 +97,15 @@ class Stats(ShardStats, frozen=True, kw_only=True):
         return d
 
 
-def build_stats(raw: list[tuple[int, ...]], *, name: str, policy: str, segment_size: int) -> Stats:
-    """Stats from the engine's per-shard tuples."""
+def build_stats(
+    raw: list[tuple[int, ...]],
+    *,
+    name: str,
+    policy: str,
+    segment_size: int,
+    pins: tuple[int, int] = (0, 0),
+) -> Stats:
+    """Stats from the engine's per-shard tuples (and its pin totals)."""
     shards = [ShardStats(**dict(zip(_RAW_FIELDS, row, strict=True))) for row in raw]
     totals = {f: sum(getattr(s, f) for s in shards) for f in _RAW_FIELDS}
     # The largest block that one item could use: blocks of different shards
@@ -108,5 +121,7 @@ def build_stats(raw: list[tuple[int, ...]], *, name: str, policy: str, segment_s
         n_shards=len(shards),
         segment_size=segment_size,
         fragmentation_total=frag,
+        pins=pins[0],
+        pinned_bytes=pins[1],
         shards=shards,
     )

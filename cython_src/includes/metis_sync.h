@@ -76,6 +76,15 @@ static inline void metis_fetch_and_u8(uint8_t *p, uint8_t bits) {
     __atomic_fetch_and(p, bits, __ATOMIC_RELAXED);
 }
 static inline void metis_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+/* A full fence: a store before it is visible before any load after it
+   (the store-load order the pin protocol of pins.pxd needs, both sides). */
+static inline void metis_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void metis_fetch_or_u64(uint64_t *p, uint64_t bits) {
+    __atomic_fetch_or(p, bits, __ATOMIC_SEQ_CST);
+}
+static inline void metis_fetch_and_u64(uint64_t *p, uint64_t bits) {
+    __atomic_fetch_and(p, bits, __ATOMIC_SEQ_CST);
+}
 static inline void metis_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 
 static inline void metis_cpu_relax(void) {

@@ -22,6 +22,9 @@ cdef extern from "metis_sync.h" nogil:
     void metis_fetch_and_u8(uint8_t *p, uint8_t bits)
     void metis_fence_acquire()
     void metis_fence_release()
+    void metis_fence_seq_cst()
+    void metis_fetch_or_u64(uint64_t *p, uint64_t bits)
+    void metis_fetch_and_u64(uint64_t *p, uint64_t bits)
     void metis_cpu_relax()
     uint64_t metis_now_ns()
 

@@ -331,6 +331,8 @@ def render_top(
         f"expirations {now.expirations:,}   deletes {now.deletes:,}",
         f"memory {format_size(now.bytes_used)} / {format_size(now.capacity)} ({used:.1%})   "
         f"fragmentation {now.fragmentation:.1%}   lock waits {now.lock_waits:,}",
+        f"views {now.pins:,} open   pinned {format_size(now.pinned_bytes)}   "
+        f"held back {format_size(now.held_bytes)}",
         *_far_lines(far),
         "",
         f"{'shard':>5} {'items':>9} {'used':>10} {'free':>10} {'evict':>8}  memory used",

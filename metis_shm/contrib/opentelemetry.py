@@ -114,6 +114,12 @@ METRICS: tuple[MetricSpec, ...] = (
                "segment was created.", "hit_ratio"),
     MetricSpec("metis.cache.fragmentation", "gauge", "1", "Share of free arena bytes outside "
                "the largest free block.", "fragmentation"),
+    MetricSpec("metis.cache.views.open", "updown", "{view}", "Views (Cache.view) open now, "
+               "every process together.", "pins"),
+    MetricSpec("metis.cache.memory.pinned", "updown", "By", "Arena bytes the open views pin.",
+               "pinned_bytes"),
+    MetricSpec("metis.cache.memory.held", "updown", "By", "Arena bytes out of the cache but "
+               "held back from reuse by open views.", "held_bytes"),
 )  # fmt: skip
 
 # A near cache's far tier (metis_shm/far/report.py): one point per cache.

@@ -197,6 +197,14 @@ CACHE_METRICS: tuple[tuple[str, str, str, str], ...] = (
         "gauge",
         "hits / (hits + misses) since the segment was created (0-1).",
     ),
+    ("pins", "metis_cache_views_open", "gauge", "Views (Cache.view) open now, all processes."),
+    ("pinned_bytes", "metis_cache_pinned_bytes", "gauge", "Arena bytes the open views pin."),
+    (
+        "held_bytes",
+        "metis_cache_held_bytes",
+        "gauge",
+        "Arena bytes out of the cache but held back from reuse by open views.",
+    ),
 )
 
 # (daemon cache-counter key, metric name, type, help)
@@ -269,6 +277,12 @@ DAEMON_CACHE_METRICS: tuple[tuple[str, str, str, str], ...] = (
         "metis_daemon_slots_reclaimed_total",
         "counter",
         "Stats slots of exited processes freed (psutil says their owner is gone).",
+    ),
+    (
+        "held_blocks_freed",
+        "metis_daemon_held_blocks_freed_total",
+        "counter",
+        "Blocks held back by views (closed, or of dead processes) that metisd freed.",
     ),
     (
         "attached_processes",

@@ -72,6 +72,7 @@ class Maintenance(DaemonState):
         for managed in list(self.caches.values()):
             self._sweep(managed, budget, deadline)
             self._drain(managed)
+            self._reap_held(managed)
         t1 = time.monotonic()
         self.loop["ticks"] += 1
         self.loop["last_tick_seconds"] = t1 - t0
@@ -109,6 +110,19 @@ class Maintenance(DaemonState):
             log.debug(
                 "cache %r: swept %d expired items in %.1f ms", managed.name, removed, dt * 1e3
             )
+
+    def _reap_held(self, managed: Managed) -> None:
+        """Give back the blocks views held out of the cache, once their views
+        are closed or their processes gone (dead processes' slots first, so
+        their pins go with them): within one tick of the process's death."""
+        cache = managed.cache
+        try:
+            if not cache._held_blocks():
+                return
+            self._reclaim_dead_slots(managed)
+            managed.counters.held_blocks_freed += cache._reap_pins()
+        except Exception as exc:
+            self._count_error(managed, "reap held blocks", exc)
 
     def _drain(self, managed: Managed) -> None:
         c = managed.counters

@@ -77,6 +77,7 @@ class CacheCounters:
     last_rollup_seconds: float = 0.0
     lock_recoveries: int = 0
     slots_reclaimed: int = 0
+    held_blocks_freed: int = 0  # blocks views held back, freed by a tick
     attached_processes: int = 0
     snapshots_written: int = 0
     snapshots_failed: int = 0

@@ -202,6 +202,12 @@ class NearCache(Cache):
                     self._add_word(words.SINGLE_FLIGHT_WAITS)
                 return value
             holder = self.peek(lease, None)
+            if holder is None and self.gate_open:
+                # The holder filled and let go between our two looks.
+                value = self.peek(key, _MISS)
+                if value is not _MISS:
+                    self._add_word(words.SINGLE_FLIGHT_WAITS)
+                    return value
             if holder is None or not self.gate_open:
                 return _MISS
             if holder.startswith(_ABSENT):

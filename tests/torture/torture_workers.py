@@ -160,6 +160,7 @@ def value_length(rng: random.Random, large: tuple[int, int] | None, large_share:
 FIELDS = (
     "ops", "reads", "hits", "ok", "torn", "foreign", "bad_counter", "writes", "refused",
     "errors", "repairs", "checks", "bad_checks", "sweeps", "drains", "keys_calls", "slow",
+    "views", "views_held",
 )  # fmt: skip
 # Not counts: the op a child is in (an index into OP_NAMES, for reports of a
 # crash or a hang), and a repairer's "inside a burst of repairs" flag (the
@@ -173,7 +174,7 @@ OP_NAMES = (
     "start", "get", "get_burst", "get_many", "contains", "get_counter", "get_absent", "keys",
     "churn", "set", "set_ttl", "delete", "add", "replace", "pop", "incr", "decr", "touch",
     "set_many", "delete_many", "clear", "repair", "check", "sweep", "drain", "stats",
-    "raw_set", "raw_get",
+    "raw_set", "raw_get", "view", "view_hold",
 )  # fmt: skip
 OP_CODE = {name: i for i, name in enumerate(OP_NAMES)}
 
@@ -548,7 +549,8 @@ class Reader(Worker):
     role = "reader"
     OPS = (
         ("get_burst", 80.0), ("get", 40.0), ("get_many", 14.0), ("contains", 10.0),
-        ("get_counter", 8.0), ("get_absent", 3.0), ("keys", 0.05),
+        ("get_counter", 8.0), ("get_absent", 3.0), ("keys", 0.05), ("view", 20.0),
+        ("view_hold", 4.0),
     )  # fmt: skip
 
     def pick_key(self) -> str | bytes:
@@ -572,6 +574,47 @@ class Reader(Worker):
             self.out.send("slow", op="get_burst", key=repr(keys[0]), t0=t0, t1=time.monotonic())
         for key, value in zip(keys, values, strict=True):
             self.check("get", key, value)
+
+    def op_view(self) -> None:
+        # A view is the stored bytes in place: judged as get's value is (a
+        # counter's view is its 8 bytes, nothing to judge).
+        key = self.pick_key()
+        ctx = self.cache.view(key)
+        mv = self.timed("view", key, ctx.__enter__)  # the lookup and the pin
+        try:
+            value = None if mv is None else bytes(mv)
+        finally:
+            ctx.__exit__(None, None, None)
+        self.bump("views")
+        self.check("view", key, value)
+
+    def op_view_hold(self) -> None:
+        # Pins held while the writers overwrite, delete, evict and clear:
+        # what each view shows must not move until it is closed.
+        views = []
+        for key in self.rng.sample(self.space.hot, min(len(self.space.hot), 4)):
+            ctx = self.cache.view(key)
+            mv = ctx.__enter__()
+            if mv is None:
+                ctx.__exit__(None, None, None)
+            else:
+                views.append((key, ctx, mv, bytes(mv)))
+        try:
+            for _ in range(self.rng.randint(1, 50)):
+                self.cache.get(self.rng.choice(self.space.hot))
+            time.sleep(self.rng.uniform(0.0, 0.003))
+            for key, _ctx, mv, first in views:
+                self.bump("views_held")
+                if bytes(mv) != first:
+                    self.bump("torn")
+                    self.out.send(
+                        "bad", verdict="MOVED", op="view_hold", key=repr(key), length=len(first)
+                    )
+                else:
+                    self.check("view_hold", key, first)
+        finally:
+            for _key, ctx, _mv, _first in views:
+                ctx.__exit__(None, None, None)
 
     def op_get_counter(self) -> None:
         key = self.rng.choice(self.space.counters)
