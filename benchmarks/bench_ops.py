@@ -34,6 +34,12 @@ Method
     aggregate for 2. "Read scaling" is the 2-process ``get-hit`` throughput
     divided by the 1-process one: 2.0 would be perfect scaling on 2 free CPUs.
 
+Views
+    Then one process reads values of 100 B to 1 MiB in place
+    (``Cache.view``) and by copy (``get``), against py-lmdb with
+    ``buffers=True`` and without, and decodes a MessagePack dict from a view
+    against ``get`` (ops_views.py).
+
 Not a pass/fail test: numbers depend on the machine. ``--quick`` finishes in
 about 10 s; the JSON (``--json``) holds every row and the machine it ran on.
 
@@ -69,6 +75,8 @@ try:
 except ImportError:  # run from a checkout, not installed: use the in-place build
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from metis_shm import Cache, _engine
+
+from ops_views import measure_views, print_views
 
 WORKLOADS = ("get-hit", "get-miss", "set", "mix")
 SIZES = (100, 4096)
@@ -429,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {fmt_size(size):>6}: metis {entry['metis']:.2f}x, "
                 f"floor {entry['floor']:.2f}x, dict {entry['dict']:.2f}x"
             )
+        views = measure_views(seconds=0.05 if args.quick else 0.2, rounds=rounds)
+        print()
+        print_views(views, fmt_size)
         recording = measure_hit_recording(args.capacity, rounds, round_ns)
         hash_cost = measure_hash_cost(by[("get-hit", 100, 1)]["metis_ns"])
         stats = cache.stats()
@@ -455,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "rows": rows,
             "read_scaling": scaling,
+            "views": views,
             "hit_recording": recording,
             "hash_ns": hash_cost,
         }

@@ -39,7 +39,7 @@ from policy cimport (policy_record_hit, policy_uses_ring, policy_ring_pending, d
                      do_policy_admit, do_policy_insert, do_policy_replace, do_policy_drain,
                      do_policy_victim, PENDING_ADMITTED)
 from sweep cimport do_sweep
-from pins cimport (pin_entry, pin_insert, pin_remove, pin_mask_set, pin_mask_clear,
+from pins cimport (pin_entry, pin_insert, pin_remove, pin_mask_set, pin_mask_has,
                    pins_clear_slot, do_zombie_reap, do_release)
 from shard cimport (shard_lock, shard_unlock, do_write_begin, do_write_end, do_shard_reset,
                     do_shard_repair)

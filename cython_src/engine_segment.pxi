@@ -35,7 +35,6 @@ cdef class _Segment:
     # Pins (pins.pxd, engine_view.pxi): this process's side. NULL table:
     # no slot of our own, so views are private copies.
     cdef uint64_t *_pin_table
-    cdef uint32_t *_pins_in_shard
     cdef dict _pins                 # entry -> [views, bytes]
     cdef uint64_t _pinned_bytes
     cdef uint64_t _pin_limit
@@ -45,8 +44,6 @@ cdef class _Segment:
 
     def __dealloc__(self):
         self._unmap()
-        free(self._pins_in_shard)
-        self._pins_in_shard = NULL
 
     # ---- mapping -----------------------------------------------------------
 
@@ -238,11 +235,6 @@ cdef class _Segment:
     cdef int _reset_pins(self) except -1:
         """Start with no pins (a new slot; a child after fork, whose parent's
         views are the parent's)."""
-        if self._pins_in_shard == NULL:
-            self._pins_in_shard = <uint32_t *>malloc(sizeof(uint32_t) * self._n_shards)
-            if self._pins_in_shard == NULL:
-                raise MemoryError()
-        memset(self._pins_in_shard, 0, sizeof(uint32_t) * self._n_shards)
         self._pins = {}
         self._pinned_bytes = 0
         self._pin_epoch += 1

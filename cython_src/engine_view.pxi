@@ -253,9 +253,11 @@ cdef class _Viewer(_Reader):
             raise _errors.PinLimit(
                 "this process's pin table has no free entry for this block; close some views",
                 context={"pins": len(self._pins), "limit": PIN_MAX})
-        if self._pins_in_shard[s.index] == 0:
+        # The bit stays set once this slot pinned in the shard (until the
+        # slot is let go): a writer then looks at one line of our table per
+        # block it frees, and a view costs no atomic read-modify-write.
+        if not pin_mask_has(s, self._stripe):
             pin_mask_set(s, self._stripe)
-        self._pins_in_shard[s.index] += 1
         metis_fence_seq_cst()
         self._pins[entry] = [1, nbytes]
         self._pinned_bytes += nbytes
@@ -285,9 +287,6 @@ cdef class _Viewer(_Reader):
         # the cache while we held it?
         zombie = (hdr_word(s, off)[0] & BLOCK_ZOMBIE) != 0
         pin_remove(self._pin_table, entry)
-        self._pins_in_shard[shard] -= 1
-        if self._pins_in_shard[shard] == 0:
-            pin_mask_clear(s, self._stripe)
         self._pinned_bytes -= <uint64_t>rec[1]
         metis_store_relaxed_u64(&self._slot.pinned_bytes, self._pinned_bytes)
         if zombie:
@@ -339,8 +338,9 @@ cdef class _Viewer(_Reader):
         return any_
 
     def _reap_pins(self):
-        """Free the blocks views held back whose views are gone (metisd's
-        tick; reclaim dead processes' slots first). How many were freed."""
+        """Free the blocks views held back whose views are gone, or whose
+        processes died (their slots are reclaimed: kill(pid, 0) says ESRCH).
+        metisd's tick; how many were freed."""
         cdef uint32_t i
         cdef ShardRef *s
         cdef uint64_t freed = 0
@@ -352,6 +352,8 @@ cdef class _Viewer(_Reader):
             self._lock(s)
             do_write_begin(s)
             freed += do_zombie_reap(s)
+            if s.sh.zombie_head and self._forget_dead_pinners(s):
+                freed += do_zombie_reap(s)
             do_write_end(s)
             shard_unlock(s)
         return freed

@@ -13,12 +13,13 @@
 # empty; an entry lives in the line its hash picks, or if that line is full
 # in the overflow line set, which is scanned only while it holds something.
 # Only the slot's owner writes its table. Each shard has a mask with one bit
-# per slot: set while that slot may hold a pin in the shard. A writer looks
-# only at the tables of the slots whose bit is set, and in each at one line.
+# per slot: set from the slot's first pin in the shard until the slot is let
+# go (so a view costs no atomic read-modify-write). A writer looks only at
+# the tables of the slots whose bit is set, and in each at one line.
 #
 # THE PROTOCOL (Dekker's, both sides with a full fence):
 #   reader: find the item (optimistic.pxd, sequence `begun`); write its
-#           entry and its mask bit; fence; check the sequence is still
+#           entry (and its mask bit, once); fence; check the sequence is still
 #           `begun`. If it moved, undo the pin and look again.
 #   writer: bump the sequence (do_reclaim_begin); fence; look for pins.
 # Either the reader sees the bump (and retries), or the writer sees the pin

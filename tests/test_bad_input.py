@@ -60,6 +60,7 @@ ERROR_TABLE = [
     ("CRYPTO_UNAVAILABLE", "CryptoUnavailable", ImportError),
     ("FAR_UNAVAILABLE", "FarUnavailable", ConnectionError),
     ("FAR_ERROR", "FarError", RuntimeError),
+    ("PIN_LIMIT", "PinLimit", MemoryError),
 ]
 
 

@@ -39,6 +39,9 @@ EXPECTED_UNITS = {
     "metis.cache.memory.capacity": "By",
     "metis.cache.hit_ratio": "1",
     "metis.cache.fragmentation": "1",
+    "metis.cache.views.open": "{view}",
+    "metis.cache.memory.pinned": "By",
+    "metis.cache.memory.held": "By",
 }
 
 

@@ -3,7 +3,7 @@
 The engine is built with ``METIS_SANITIZE=1`` (setup.py) into a copy of the
 package in a temp directory, never in place: other processes use the
 checkout's ``metis_shm/_engine*.so``. A pytest in a subprocess then runs
-``tests/test_crash.py`` and ``tests/chaos/`` with that copy first on
+``tests/test_crash.py``, ``tests/chaos/`` and the view tests with that copy first on
 ``PYTHONPATH`` (so every process the tests start gets it too) and gcc's
 libasan preloaded (CPython itself is not instrumented). The plugin
 ``sanitized_engine_check`` stops that pytest unless the engine it imports is
@@ -49,7 +49,14 @@ from _fuzz_support import REGRESSIONS_DIR, target_script  # noqa: E402
 ENGINE_TARGETS = ("segment", "snapshot")  # the fuzz targets that reach native code
 GROW_SECONDS = 10  # coverage-guided, on the normal engine
 SANITIZED_SECONDS = 10  # the grown corpus replayed, then mutated, on the sanitized one
-SUITES = ("tests/test_crash.py", "tests/chaos")
+# The crash and chaos tests, and the view tests (memory handed out of the
+# segment, kept or given back by pins).
+SUITES = (
+    "tests/test_crash.py",
+    "tests/chaos",
+    "tests/test_views.py",
+    "tests/test_views_processes.py",
+)
 BUILD_TIMEOUT = 300
 RUN_TIMEOUT = 300
 REPORT_MARKERS = (

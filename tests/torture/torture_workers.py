@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: _workers
 from _workers import FOREIGN, OK, TORN, StopFlag, make_value, verify_value
 
 from metis_shm import Cache
-from metis_shm.errors import ValueTooLarge
+from metis_shm.errors import PinLimit, ValueTooLarge
 
 # --------------------------------------------------------------------------
 # Keys and values
@@ -580,7 +580,11 @@ class Reader(Worker):
         # counter's view is its 8 bytes, nothing to judge).
         key = self.pick_key()
         ctx = self.cache.view(key)
-        mv = self.timed("view", key, ctx.__enter__)  # the lookup and the pin
+        try:
+            mv = self.timed("view", key, ctx.__enter__)  # the lookup and the pin
+        except PinLimit:
+            self.bump("refused")  # a large value past max_pinned: refused, by design
+            return
         try:
             value = None if mv is None else bytes(mv)
         finally:
@@ -594,7 +598,11 @@ class Reader(Worker):
         views = []
         for key in self.rng.sample(self.space.hot, min(len(self.space.hot), 4)):
             ctx = self.cache.view(key)
-            mv = ctx.__enter__()
+            try:
+                mv = ctx.__enter__()
+            except PinLimit:
+                self.bump("refused")
+                continue
             if mv is None:
                 ctx.__exit__(None, None, None)
             else:
