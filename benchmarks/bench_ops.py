@@ -40,6 +40,11 @@ Views
     ``buffers=True`` and without, and decodes a MessagePack dict from a view
     against ``get`` (ops_views.py).
 
+Batches
+    Then ``get_many`` of 100 random keys against a ``get`` per key, a local
+    ``dict`` and py-lmdb's ``getmulti``, in a cache that fits the CPU's
+    caches and one that does not (ops_batch.py).
+
 Not a pass/fail test: numbers depend on the machine. ``--quick`` finishes in
 about 10 s; the JSON (``--json``) holds every row and the machine it ran on.
 
@@ -76,6 +81,7 @@ except ImportError:  # run from a checkout, not installed: use the in-place buil
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from metis_shm import Cache, _engine
 
+from ops_batch import measure_batch, print_batch
 from ops_views import measure_views, print_views
 
 WORKLOADS = ("get-hit", "get-miss", "set", "mix")
@@ -440,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         views = measure_views(seconds=0.05 if args.quick else 0.2, rounds=rounds)
         print()
         print_views(views, fmt_size)
+        batch = measure_batch(quick=args.quick, rounds=rounds, seed=args.seed)
+        print()
+        print_batch(batch)
         recording = measure_hit_recording(args.capacity, rounds, round_ns)
         hash_cost = measure_hash_cost(by[("get-hit", 100, 1)]["metis_ns"])
         stats = cache.stats()
@@ -467,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "read_scaling": scaling,
             "views": views,
+            "batch": batch,
             "hit_recording": recording,
             "hash_ns": hash_cost,
         }

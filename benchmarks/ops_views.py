@@ -11,7 +11,9 @@ uncompressed), nanoseconds per read of one present key, one process:
 * ``lmdb copy``: the same without ``buffers`` (a ``bytes`` copy).
 
 And for a MessagePack ``dict`` of about 4 KiB: ``get`` (copy, then decode)
-against ``msgspec.msgpack.decode`` of a view.
+against ``msgspec.msgpack.decode`` of a view. And for a numpy float64 array
+of about 1 MiB: ``view_array`` against ``get`` (a writable copy) and an
+ndarray over py-lmdb's buffer.
 
 Each figure is the best of ``rounds`` timed loops (``timeit``), so it is the
 cost of the call on a warm cache and a quiet CPU, not of a loaded machine.
@@ -115,6 +117,7 @@ def measure_views(seconds: float = 0.2, rounds: int = 5, seed: int = 1) -> dict[
             "view_decode_ns": _best_ns(decoded_view, seconds, rounds),
             "decode_only_ns": _best_ns(lambda: decode(encoded), seconds, rounds),
         }
+        array = _measure_array(cache, env, seconds, rounds)
         stats = cache.stats()
         assert stats.pins == 0 and stats.held_blocks == 0
     finally:
@@ -122,7 +125,30 @@ def measure_views(seconds: float = 0.2, rounds: int = 5, seed: int = 1) -> dict[
         Cache.destroy(name)
         env.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"rows": rows, "msgpack_dict": msgpack}
+    return {"rows": rows, "msgpack_dict": msgpack, "array": array}
+
+
+def _measure_array(cache: Cache, env: Any, seconds: float, rounds: int) -> dict[str, Any]:
+    """A float64 array of about 1 MiB: view_array, get, and an ndarray over
+    lmdb's buffer (np.frombuffer in a buffers=True transaction)."""
+    import numpy as np
+
+    arr = np.random.default_rng(1).random((1 << 17) - 16)
+    cache.set(b"arr", arr)
+    with env.begin(write=True) as txn:
+        txn.put(b"arr", arr.tobytes())
+
+    def lmdb_array() -> int:
+        with env.begin(buffers=True) as txn:
+            return int(np.frombuffer(txn.get(b"arr"), dtype=np.float64).shape[0])
+
+    assert np.array_equal(cache.view_array(b"arr"), arr)
+    return {
+        "bytes": arr.nbytes,
+        "view_array_ns": _best_ns(lambda: cache.view_array(b"arr").shape, seconds, rounds),
+        "get_ns": _best_ns(lambda: cache.get(b"arr").shape, seconds, rounds),
+        "lmdb_buffers_ns": _best_ns(lmdb_array, seconds, rounds),
+    }
 
 
 def print_views(result: dict[str, Any], fmt_size: Callable[[int], str]) -> None:
@@ -152,4 +178,11 @@ def print_views(result: dict[str, Any], fmt_size: Callable[[int], str]) -> None:
         f"MessagePack dict of {m['bytes']:,} B: get {m['get_ns']:,.0f} ns, decode of a view "
         f"{m['view_decode_ns']:,.0f} ns ({m['get_ns'] / m['view_decode_ns']:.2f}x), "
         f"decode alone {m['decode_only_ns']:,.0f} ns"
+    )
+    a = result["array"]
+    print(
+        f"numpy float64 array of {a['bytes']:,} B: view_array {a['view_array_ns']:,.0f} ns, "
+        f"get {a['get_ns']:,.0f} ns ({a['get_ns'] / a['view_array_ns']:.1f}x), "
+        f"ndarray over lmdb buffers {a['lmdb_buffers_ns']:,.0f} ns "
+        f"({a['lmdb_buffers_ns'] / a['view_array_ns']:.2f}x)"
     )

@@ -70,6 +70,39 @@ def read_stamp(value: bytes) -> Stamp | None:
     return stamp
 
 
+def ends(value: bytes) -> bytes:
+    """The two stamps of a value, what a read in place returns (``in_place``)."""
+    return value[:STAMP_LEN] + value[-STAMP_LEN:]
+
+
+def in_place(buffer: Any) -> bytes | None:
+    """What a zero-copy peer's get returns for a buffer into its store: the
+    stamps at both ends, copied (48 bytes whatever the size), so the loop can
+    check the read as it checks a copy while nothing else is copied."""
+    if buffer is None:
+        return None
+    return bytes(buffer[:STAMP_LEN]) + bytes(buffer[-STAMP_LEN:])
+
+
+def from_ends(got: Any) -> Any:
+    """The whole value two stamps stand for, if they are one intact value's
+    (the value is a function of its stamp); else what was read, to diagnose."""
+    if (
+        not isinstance(got, bytes)
+        or len(got) != 2 * STAMP_LEN
+        or got[:STAMP_LEN] != got[STAMP_LEN:]
+    ):
+        return got
+    try:
+        magic, index, writer, _, seq, size = _FIELDS.unpack_from(got)
+    except struct.error:
+        return got
+    if magic != MAGIC or size < MIN_SIZE:
+        return got
+    value = make_value(index, writer, seq, size)
+    return value if ends(value) == got else got
+
+
 def key_index(key: str | bytes) -> int:
     """The index of a benchmark key (``key:00000042`` or its bytes -> 42)."""
     return int(key[-8:])

@@ -29,7 +29,7 @@ from libc.string cimport memcpy, memset
 from layout cimport *
 from hashing cimport metis_hash, metis_siphash
 from allocator cimport do_alloc, do_free, alloc_largest_free, arena_usable, hdr_word
-from index cimport (INDEX_TORN, item_offset_ok, do_index_find, do_index_insert,
+from index cimport (INDEX_TORN, item_offset_ok, bucket_of, do_index_find, do_index_insert,
                     do_index_replace)
 from optimistic cimport (OptItem, OPT_FOUND, OPT_MISS, OPT_BROKEN, opt_begin, opt_still,
                          opt_find, opt_key_ptr, opt_value_ptr)
@@ -80,6 +80,10 @@ cdef enum:
     # a writer freeing blocks without pause cannot starve it.
     TRYLOCK_AFTER = 8
     YIELD_AFTER = 32            # retries before a reader yields the CPU
+    # get_many's prefetch window: enough misses in flight to fill a core's
+    # line-fill buffers (10-16 on current x86 and arm64), few enough that
+    # the first prefetched lines are still in L1 when they are read.
+    GET_MANY_WINDOW = 16
     LOCK_SLICE_MS = 100         # a writer waiting for a lock looks at signals this often
     MODE_SET = 0
     MODE_ADD = 1
@@ -287,6 +291,17 @@ cdef object _key_object(Item *it, uint32_t klen, uint32_t flags):
     flags it validated: a lock-free reader must not read them twice."""
     raw = PyBytes_FromStringAndSize(item_key(it), klen)
     return raw.decode("utf-8", "surrogateescape") if flags & FLAG_KEY_STR else raw
+
+
+cdef inline object value_copy(uint32_t flags, const char *p, Py_ssize_t n):
+    """A private copy of a stored value, in the object its decoding keeps:
+    a bytearray for the kinds that are mutable once read (a bytearray, the
+    writable buffer of a numpy array: one copy, not a bytes and then
+    another), bytes for the rest."""
+    cdef uint32_t kind = flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)
+    if kind == KIND_BYTEARRAY or kind == KIND_NDARRAY:
+        return PyByteArray_FromStringAndSize(p, n)
+    return PyBytes_FromStringAndSize(p, n)
 
 
 cdef struct KeyView:

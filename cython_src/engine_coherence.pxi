@@ -25,7 +25,7 @@ cdef class _Coherent(_Writer):
         cdef uint64_t expire, t = token
         self._check_open()
         self._key(key, &kv)
-        kept = self._value(value, &vv)
+        kept = self._value(value, &vv, kv.n)
         if self._expiry(ttl, &expire):
             return False
         return self._store(&kv, &vv, expire, MODE_SET, t, True) == R_DONE

@@ -45,8 +45,8 @@ cdef class _Reader(_Segment):
                         found.value_len == 8:
                     memcpy(&ival, opt_value_ptr(it, <uint32_t>kv.n), 8)
                 else:
-                    data = PyBytes_FromStringAndSize(opt_value_ptr(it, <uint32_t>kv.n),
-                                                     found.value_len)
+                    data = value_copy(found.flags, opt_value_ptr(it, <uint32_t>kv.n),
+                                      found.value_len)
             if opt_still(s, begun):
                 break
             # A block was reclaimed while we looked: start again.
@@ -138,7 +138,7 @@ cdef class _Reader(_Segment):
         try:
             if (flags & (FLAG_KIND_MASK | FLAG_CODEC_MASK)) == KIND_INT and vlen == 8:
                 return PyLong_FromLongLong((<int64_t *>buf)[0])
-            return self._decode(flags, PyBytes_FromStringAndSize(buf, vlen))
+            return self._decode(flags, value_copy(flags, buf, vlen))
         finally:
             free(buf)
 
@@ -175,15 +175,41 @@ cdef class _Reader(_Segment):
 
 
     def get_many(self, keys):
-        """A dict of the keys found (absent and expired keys are left out)."""
-        cdef KeyView kv
+        """A dict of the keys found (absent and expired keys are left out).
+
+        Reads GET_MANY_WINDOW keys at a time: every key's bucket is
+        prefetched, then every bucket's first item, then each key is read as
+        get reads it. On a cache larger than the CPU's caches most of a get
+        is waiting on those two loads; this overlaps them across the window.
+        """
+        cdef KeyView kvs[GET_MANY_WINDOW]
+        cdef ShardRef *s
+        cdef uint32_t off
+        cdef Py_ssize_t n, start = 0, m, j
         cdef dict out = {}
         self._check_open()
-        for key in keys:
-            self._key(key, &kv)
-            value = self._read(&kv, _MISSING, False)
-            if value is not _MISSING:
-                out[key] = value
+        seq = keys if type(keys) is list or type(keys) is tuple else list(keys)
+        n = len(seq)
+        while start < n:
+            m = min(<Py_ssize_t>GET_MANY_WINDOW, n - start)
+            # The next window's key objects, which this one's reads give
+            # time to arrive.
+            for j in range(start + m, min(start + 2 * m, n)):
+                metis_prefetch(<void *>seq[j])
+            # seq keeps each key alive, and with it the bytes kvs[j] points at.
+            for j in range(m):
+                self._key(seq[start + j], &kvs[j])
+                metis_prefetch(bucket_of(self._shard_for(kvs[j].h), kvs[j].h))
+            for j in range(m):
+                s = self._shard_for(kvs[j].h)
+                off = metis_load_relaxed_u32(bucket_of(s, kvs[j].h))
+                if item_offset_ok(s, off):
+                    metis_prefetch(s.arena + off)
+            for j in range(m):
+                value = self._read(&kvs[j], _MISSING, False)
+                if value is not _MISSING:
+                    out[seq[start + j]] = value
+            start += m
         return out
 
     def __len__(self):

@@ -361,8 +361,9 @@ cdef class _Segment:
     cdef inline ShardRef *_shard_for(self, uint64_t h) noexcept:
         return &self._shards[(h >> self._shard_shift) & (self._n_shards - 1)]
 
-    cdef object _value(self, object value, ValueView *vv):
-        """Point vv at the bytes to store; returns an object to keep alive."""
+    cdef object _value(self, object value, ValueView *vv, Py_ssize_t key_len):
+        """Point vv at the bytes to store under a key of key_len bytes;
+        returns an object to keep alive."""
         cdef int overflow = 0
         cdef type t = type(value)
         cdef object kept
@@ -388,7 +389,7 @@ cdef class _Segment:
         if kept is not None and (self._compress_threshold == 0
                                  or vv.n < self._compress_threshold):
             return kept
-        flags, payload = self._codec.encode(value)
+        flags, payload = self._codec.encode(value, key_len)
         vv.p = PyBytes_AS_STRING(payload)
         vv.n = PyBytes_GET_SIZE(payload)
         vv.flags = flags
@@ -401,7 +402,7 @@ cdef class _Segment:
         if kind == KIND_STR:
             return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), NULL)
         if kind == KIND_BYTEARRAY:
-            return PyByteArray_FromStringAndSize(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            return data  # value_copy made it one
         return self._codec.decode(flags, data)
 
     cdef int _expiry(self, object ttl, uint64_t *out) except -1:

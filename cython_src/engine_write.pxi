@@ -127,7 +127,7 @@ cdef class _Writer(_Viewer):
         cdef uint64_t expire
         self._check_open()
         self._key(key, &kv)
-        kept = self._value(value, &vv)
+        kept = self._value(value, &vv, kv.n)
         if self._expiry(ttl, &expire):
             self._remove(&kv)
             return None
@@ -144,7 +144,7 @@ cdef class _Writer(_Viewer):
         cdef uint64_t expire
         self._check_open()
         self._key(key, &kv)
-        kept = self._value(value, &vv)
+        kept = self._value(value, &vv, kv.n)
         if self._expiry(ttl, &expire):
             return False  # an item expired on arrival is never added
         return self._store(&kv, &vv, expire, MODE_ADD) == R_DONE
@@ -156,7 +156,7 @@ cdef class _Writer(_Viewer):
         cdef uint64_t expire
         self._check_open()
         self._key(key, &kv)
-        kept = self._value(value, &vv)
+        kept = self._value(value, &vv, kv.n)
         if self._expiry(ttl, &expire):
             return self._remove(&kv)
         return self._store(&kv, &vv, expire, MODE_REPLACE) == R_DONE
@@ -343,7 +343,7 @@ cdef class _Writer(_Viewer):
                 key, value = pairs[i]
                 self._key(key, &kvs[i])
                 kept.append(key)
-                kept.append(self._value(value, &vvs[i]))
+                kept.append(self._value(value, &vvs[i], kvs[i].n))
                 self._check_size(&kvs[i], &vvs[i])
             if self._expiry(ttl, &expire):
                 for i in range(n):

@@ -51,6 +51,7 @@ cdef enum:
     KIND_BYTEARRAY = 1
     KIND_STR = 2
     KIND_INT = 3
+    KIND_NDARRAY = 10           # a numpy array (metis_shm/arrays.py)
 
     POLICY_SIEVE = 0
     POLICY_LRU = 1

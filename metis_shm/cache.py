@@ -15,10 +15,10 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from metis_shm import _engine, segment
-from metis_shm.codec import SERIALIZERS, Codec
+from metis_shm import _engine, arrays, segment
+from metis_shm.codec import KIND_MASK, KIND_NDARRAY, SERIALIZERS, Codec
 from metis_shm.daemon import audit
-from metis_shm.errors import InvalidConfig
+from metis_shm.errors import InvalidArgument, InvalidConfig
 from metis_shm.stats import Stats, build_stats
 from metis_shm.units import parse_duration, parse_size
 
@@ -48,6 +48,9 @@ def default_shards(capacity: int, max_value_size: int) -> int:
     while capacity // want > MAX_SHARD_BYTES and want < MAX_SHARDS:
         want *= 2
     return min(want, MAX_SHARDS)
+
+
+_MISSING = object()
 
 
 class Cache(_engine.Engine):
@@ -233,6 +236,35 @@ class Cache(_engine.Engine):
     def exists(name: str) -> bool:
         """Is there a segment for cache ``name``?"""
         return segment.exists(name)
+
+    # ---- arrays ------------------------------------------------------------
+
+    def view_array(self, key: str | bytes, default: Any = None) -> Any:
+        """A read-only numpy array over the stored array, in the segment.
+
+        No copy: the array's memory is the item's, pinned (as by ``view``)
+        for as long as the array, or any array or buffer made from it, is
+        alive. ``del`` it, or let it go out of scope, to unpin. Returns
+        ``default`` on a miss; raises ``InvalidArgument`` if the key holds
+        something other than an array (``get`` returns a writable copy).
+        """
+        arrays.numpy()  # without numpy, say so before reading anything
+        view = self.view(key, _MISSING)
+        mv = view.__enter__()
+        try:
+            if mv is _MISSING:
+                return default
+            if view.flags & KIND_MASK != KIND_NDARRAY:
+                raise InvalidArgument(
+                    f"{key!r} holds a value of kind {view.flags & KIND_MASK}, not a numpy "
+                    f"array; get() reads it",
+                    context={"key": repr(key)},
+                )
+            return arrays.array_from_buffer(mv, copy=False)
+        finally:
+            # The array holds a buffer of the memoryview, which holds the
+            # pin: leaving the view drops the pin only if no array was made.
+            view.__exit__(None, None, None)
 
     # ---- introspection -----------------------------------------------------
 

@@ -5,7 +5,7 @@ every other value to ``Codec.encode``; on read it hands back whatever it did
 not decode itself. The item's flags word records how a value was written, so
 any process decodes what any other wrote:
 
-    bits 0-7    kind (KIND_*)
+    bits 0-7    kind (KIND_*; KIND_NDARRAY: a numpy array, arrays.py)
     bits 8-11   compression codec (CODEC_*)
     bit  12     key is str (the engine's; never set here)
     bits 16-23  registered type id (KIND_REGISTERED)
@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from metis_shm import arrays
 from metis_shm.errors import InvalidConfig, SerializationFailed
 
 KIND_BYTES = 0
@@ -37,6 +38,7 @@ KIND_REGISTERED = 6
 KIND_TUPLE = 7
 KIND_SET = 8
 KIND_FROZENSET = 9
+KIND_NDARRAY = 10
 
 CODEC_NONE = 0x000
 CODEC_ZLIB = 0x100
@@ -91,8 +93,15 @@ class Codec:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder()
 
-    def encode(self, value: object) -> tuple[int, bytes]:
-        """Flags and payload for ``value``."""
+    def encode(self, value: object, key_len: int = 0) -> tuple[int, bytes]:
+        """Flags and payload for ``value``, stored under a key of ``key_len`` bytes.
+
+        numpy arrays are stored raw and never compressed, so that
+        ``Cache.view_array`` reads them in place; ``key_len`` lets their
+        data start aligned in the segment (arrays.py).
+        """
+        if arrays.is_array(value):
+            return KIND_NDARRAY, arrays.encode_array(value, key_len)
         kind, payload = self._serialize(value)
         if self.compress_threshold and len(payload) >= self.compress_threshold:
             packed = zlib.compress(payload, 1)
@@ -127,7 +136,7 @@ class Codec:
                 context={"type": t.__qualname__},
             ) from exc
 
-    def decode(self, flags: int, data: bytes) -> Any:
+    def decode(self, flags: int, data: bytes | bytearray) -> Any:
         """The value for an item's flags and payload.
 
         A payload that does not decode as its flags say (an item damaged, or
@@ -149,14 +158,14 @@ class Codec:
     def decompress(self, flags: int, data: bytes) -> bytes:
         """The payload of a compressed item, uncompressed (views)."""
         try:
-            return self._uncompressed(flags, data)
+            return bytes(self._uncompressed(flags, data))
         except zlib.error as exc:
             raise SerializationFailed(
                 f"a stored value does not decompress as its flags {flags:#x} say: {exc}",
                 context={"flags": flags},
             ) from exc
 
-    def _uncompressed(self, flags: int, data: bytes) -> bytes:
+    def _uncompressed(self, flags: int, data: bytes | bytearray) -> bytes | bytearray:
         if flags & CODEC_MASK == CODEC_ZLIB:
             return zlib.decompress(data)
         if flags & CODEC_MASK:
@@ -165,7 +174,7 @@ class Codec:
             )
         return data
 
-    def _decode(self, flags: int, data: bytes) -> Any:
+    def _decode(self, flags: int, data: bytes | bytearray) -> Any:
         data = self._uncompressed(flags, data)
         kind = flags & KIND_MASK
         if kind == KIND_BYTES:
@@ -173,13 +182,17 @@ class Codec:
         if kind == KIND_STR:
             return data.decode()
         if kind == KIND_BYTEARRAY:
-            return bytearray(data)
+            return data if type(data) is bytearray else bytearray(data)
         if kind == KIND_INT:
             return int.from_bytes(data, "little", signed=True)
         if kind == KIND_MSGPACK:
             return self._decoder.decode(data)
         if kind in _COLLECTION_TYPES:
             return _COLLECTION_TYPES[kind](self._decoder.decode(data))
+        if kind == KIND_NDARRAY:
+            # The engine copies an array's payload into a bytearray: the
+            # array is made over it, writable, with no second copy.
+            return arrays.array_from_buffer(data, copy=type(data) is not bytearray)
         if kind == KIND_REGISTERED:
             type_id = (flags >> TYPE_ID_SHIFT) & 0xFF
             entry = _registry_by_id.get(type_id)

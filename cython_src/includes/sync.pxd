@@ -25,6 +25,7 @@ cdef extern from "metis_sync.h" nogil:
     void metis_fence_seq_cst()
     void metis_fetch_or_u64(uint64_t *p, uint64_t bits)
     void metis_fetch_and_u64(uint64_t *p, uint64_t bits)
+    void metis_prefetch(const void *p)
     void metis_cpu_relax()
     uint64_t metis_now_ns()
 

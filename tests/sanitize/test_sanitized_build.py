@@ -3,7 +3,8 @@
 The engine is built with ``METIS_SANITIZE=1`` (setup.py) into a copy of the
 package in a temp directory, never in place: other processes use the
 checkout's ``metis_shm/_engine*.so``. A pytest in a subprocess then runs
-``tests/test_crash.py``, ``tests/chaos/`` and the view tests with that copy first on
+``tests/test_crash.py``, ``tests/chaos/``, the view and array tests and the
+batched reads' tests with that copy first on
 ``PYTHONPATH`` (so every process the tests start gets it too) and gcc's
 libasan preloaded (CPython itself is not instrumented). The plugin
 ``sanitized_engine_check`` stops that pytest unless the engine it imports is
@@ -49,13 +50,15 @@ from _fuzz_support import REGRESSIONS_DIR, target_script  # noqa: E402
 ENGINE_TARGETS = ("segment", "snapshot")  # the fuzz targets that reach native code
 GROW_SECONDS = 10  # coverage-guided, on the normal engine
 SANITIZED_SECONDS = 10  # the grown corpus replayed, then mutated, on the sanitized one
-# The crash and chaos tests, and the view tests (memory handed out of the
-# segment, kept or given back by pins).
+# The crash and chaos tests, the view and array tests (memory handed out of
+# the segment, kept or given back by pins), and get_many (prefetched loads).
 SUITES = (
     "tests/test_crash.py",
     "tests/chaos",
     "tests/test_views.py",
     "tests/test_views_processes.py",
+    "tests/test_arrays.py",
+    "tests/test_get_many.py",
 )
 BUILD_TIMEOUT = 300
 RUN_TIMEOUT = 300

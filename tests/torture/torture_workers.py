@@ -634,8 +634,9 @@ class Reader(Worker):
 
     def op_get_many(self) -> None:
         pool = self.space.hot + self.space.counters + self.space.absent
-        batch = [self.pick_key() for _ in range(self.rng.randint(1, 8))]
-        batch += self.rng.sample(pool, min(len(pool), self.rng.randint(1, 4)))
+        # Up to 44 keys: batches that span get_many's prefetch windows (16).
+        batch = [self.pick_key() for _ in range(self.rng.randint(1, 36))]
+        batch += self.rng.sample(pool, min(len(pool), self.rng.randint(1, 8)))
         found = self.timed("get_many", batch[0], lambda: self.cache.get_many(batch))
         for key in set(batch):
             self.check("get_many", key, found.get(key))
