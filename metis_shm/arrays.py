@@ -161,8 +161,8 @@ def array_from_buffer(buffer: Any, copy: bool) -> Any:
     Without ``copy`` it is an array over ``buffer`` itself, which it holds
     (read-only if the buffer is). With ``copy`` it is a writable copy.
     """
-    np = numpy()
-    mv = memoryview(buffer)
+    np = _np or numpy()
+    mv = buffer if type(buffer) is memoryview else memoryview(buffer)
     try:
         (hlen,) = _HEAD.unpack_from(mv, 0)
     except struct.error as exc:
