@@ -21,15 +21,16 @@ outside the payload.
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from typing import Any, NamedTuple
 
 import msgspec
 
+from metis_shm._engine import ITEM_OVERHEAD
 from metis_shm.errors import SerializationFailed
 
-ITEM_HEADER_SIZE = 56  # the engine's item header (cython_src/item.pxd)
 DATA_ALIGN = 8  # the alignment of an item in the arena
 MAX_NDIM = 64  # numpy's own limit
 
@@ -81,7 +82,7 @@ def encode_array(value: Any, key_len: int) -> bytes:
     )
     # The payload starts right after the item header and the key; pad so the
     # data after it does too on an 8-byte boundary.
-    start = ITEM_HEADER_SIZE + key_len + _HEAD.size + len(header)
+    start = ITEM_OVERHEAD + key_len + _HEAD.size + len(header)
     pad = -start % DATA_ALIGN
     try:
         data: Any = memoryview(raw).cast("B")
@@ -145,9 +146,7 @@ def _layout(header: bytes) -> _Layout:
             "a stored array claims a dtype of Python objects; refusing to read pointers",
             context={"dtype": str(dtype)},
         )
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)
     layout = _Layout(dtype, shape, fortran, count, count * dtype.itemsize)
     if len(_layouts) >= _LAYOUTS_MAX:
         _layouts.clear()

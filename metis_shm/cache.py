@@ -249,22 +249,18 @@ class Cache(_engine.Engine):
         something other than an array (``get`` returns a writable copy).
         """
         arrays.numpy()  # without numpy, say so before reading anything
-        view = self.view(key, _MISSING)
-        mv = view.__enter__()
-        try:
+        # The array holds a buffer of the view's memoryview, which holds the
+        # pin: leaving the block drops the pin only if no array was made.
+        with self.view(key, _MISSING) as mv:
             if mv is _MISSING:
                 return default
-            if view.flags & KIND_MASK != KIND_NDARRAY:
+            kind = mv.obj.flags & KIND_MASK  # the view that exports mv
+            if kind != KIND_NDARRAY:
                 raise InvalidArgument(
-                    f"{key!r} holds a value of kind {view.flags & KIND_MASK}, not a numpy "
-                    f"array; get() reads it",
+                    f"{key!r} holds a value of kind {kind}, not a numpy array; get() reads it",
                     context={"key": repr(key)},
                 )
             return arrays.array_from_buffer(mv, copy=False)
-        finally:
-            # The array holds a buffer of the memoryview, which holds the
-            # pin: leaving the view drops the pin only if no array was made.
-            view.__exit__(None, None, None)
 
     # ---- introspection -----------------------------------------------------
 

@@ -99,6 +99,18 @@ def test_the_pin_lives_as_long_as_any_array_made_from_it(cache: Cache) -> None:
     assert empty.shape == (0, 3) and cache.stats().pins == 0  # nothing to pin
 
 
+def test_an_ndarray_constructed_over_a_view_does_not_hold_its_pin(cache: Cache) -> None:
+    # What docs/api.md warns of: numpy's constructor gives the buffer back and
+    # keeps only its exporter, so the pin goes with the block (frombuffer and
+    # view_array, above, keep it).
+    cache.set("a", np.arange(100, dtype="f8"))
+    with cache.view("a") as mv:
+        unsafe = np.ndarray((len(mv),), np.uint8, buffer=mv)
+        assert cache.stats().pins == 1
+    assert cache.stats().pins == 0
+    del unsafe
+
+
 def test_writer_moves_the_key_on_while_an_array_is_held(names, rng: random.Random) -> None:
     with Cache(names(), "64MiB") as cache:
         _overwrite_under_a_held_array(cache, rng)
